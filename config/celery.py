@@ -1,0 +1,39 @@
+"""Celery settings an operator may tune (loaded by worker.celery_app; broker and
+result backend come from NEWSWORKER_BROKER_URL / NEWSWORKER_RESULT_BACKEND)."""
+
+from kombu import Queue
+
+# Separate queues so slow article pages never starve feed polling.  Run dedicated
+# workers with `newsworker worker --queues feeds` / `--queues articles` to scale each.
+task_queues = (Queue("feeds"), Queue("articles"))
+task_default_queue = "feeds"
+task_routes = {
+    "worker.tasks.dispatch_due_feeds": {"queue": "feeds"},
+    "worker.tasks.poll_feed": {"queue": "feeds"},
+    "worker.tasks.process_entry": {"queue": "articles"},
+}
+
+# At-least-once delivery: acknowledge after the task ran; a killed worker's task is redelivered.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+
+# Every task has limits (seconds); tasks override these where they need less.
+task_soft_time_limit = 120
+task_time_limit = 150
+
+# Redis: redeliver unacknowledged messages after this long; above the longest task and countdown.
+broker_transport_options = {"visibility_timeout": 3600}
+result_expires = 24 * 3600
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+broker_connection_retry_on_startup = True
+worker_hijack_root_logger = False
+
+# Beat: exactly one beat process per deployment sends this.
+beat_schedule = {
+    "dispatch-due-feeds": {"task": "worker.tasks.dispatch_due_feeds", "schedule": 60.0},
+}

@@ -1,0 +1,3 @@
+"""newsworker: news feed ingestion (poll → parse → extract → dedupe → tag → store)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,164 @@
+"""Database tables.  The schema is a public interface for downstream consumers:
+change it only through an Alembic migration (worker/migrations)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+# Named constraints, so migrations can alter them on PostgreSQL and SQLite alike.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Timestamps are stored in UTC and always come back timezone-aware (SQLite keeps no zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def _ts(*, nullable: bool = True, index: bool = False, default: Any = None) -> Any:
+    kwargs: dict[str, Any] = {"sa_type": UTCDateTime, "nullable": nullable, "index": index}
+    if default is not None:
+        kwargs["default_factory"] = default
+    else:
+        kwargs["default"] = None
+    return Field(**kwargs)
+
+
+class Feed(SQLModel, table=True):
+    __tablename__ = "feeds"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    url: str = Field(sa_column=sa.Column(sa.Text, nullable=False, unique=True))
+    name: Optional[str] = Field(default=None, sa_type=sa.Text)
+    title: Optional[str] = Field(default=None, sa_type=sa.Text)
+    site_url: Optional[str] = Field(default=None, sa_type=sa.Text)
+    group_name: Optional[str] = Field(default=None, sa_type=sa.Text)
+    interval_seconds: Optional[int] = None         # per-feed override of the default interval
+    enabled: bool = Field(default=True, nullable=False)
+    disabled_reason: Optional[str] = Field(default=None, sa_type=sa.Text)
+    etag: Optional[str] = Field(default=None, sa_type=sa.Text)
+    last_modified: Optional[str] = Field(default=None, sa_type=sa.Text)
+    next_fetch_at: Optional[datetime] = _ts(index=True, default=utcnow)
+    queued_at: Optional[datetime] = _ts()           # set when a poll is enqueued; cleared when it ends
+    last_fetch_at: Optional[datetime] = _ts()
+    last_success_at: Optional[datetime] = _ts()
+    last_status: Optional[str] = Field(default=None, sa_type=sa.Text)   # ok | not_modified | temporary | permanent
+    last_http_status: Optional[int] = None
+    last_error: Optional[str] = Field(default=None, sa_type=sa.Text)
+    error_count: int = Field(default=0, nullable=False)                  # consecutive failed polls
+    created_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class FetchEvent(SQLModel, table=True):
+    __tablename__ = "fetch_events"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    feed_id: int = Field(foreign_key="feeds.id", index=True, ondelete="CASCADE")
+    started_at: datetime = _ts(nullable=False, default=utcnow)
+    finished_at: Optional[datetime] = _ts()
+    outcome: str = Field(sa_type=sa.Text)                  # ok | not_modified | temporary | permanent
+    http_status: Optional[int] = None
+    items_seen: int = 0
+    items_new: int = 0
+    error: Optional[str] = Field(default=None, sa_type=sa.Text)
+    duration_ms: Optional[int] = None
+
+
+class Story(SQLModel, table=True):
+    """One story, however many outlets and URLs carried it."""
+
+    __tablename__ = "stories"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    representative_article_id: Optional[int] = None
+    created_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class Article(SQLModel, table=True):
+    __tablename__ = "articles"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    url: str = Field(sa_type=sa.Text)                         # as first seen in a feed
+    canonical_url: str = Field(sa_column=sa.Column(sa.Text, nullable=False, unique=True))
+    guid: Optional[str] = Field(default=None, sa_type=sa.Text)
+    feed_id: Optional[int] = Field(default=None, foreign_key="feeds.id", index=True, ondelete="SET NULL")
+    title: Optional[str] = Field(default=None, sa_type=sa.Text)
+    text: str = Field(default="", sa_type=sa.Text)
+    summary: Optional[str] = Field(default=None, sa_type=sa.Text)
+    author: Optional[str] = Field(default=None, sa_type=sa.Text)
+    site_name: Optional[str] = Field(default=None, sa_type=sa.Text)
+    published_at: Optional[datetime] = _ts(index=True)
+    language: Optional[str] = Field(default=None, sa_type=sa.Text)
+    # sha256 of the normalised text; NULL when there is no text.  Unique: an exact copy is one article.
+    content_hash: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text, unique=True))
+    story_id: Optional[int] = Field(default=None, foreign_key="stories.id", index=True)
+    text_source: str = Field(sa_type=sa.Text)              # page | feed_content | feed_summary | title
+    fetch_error: Optional[str] = Field(default=None, sa_type=sa.Text)   # why the page was not used
+    fetched_at: datetime = _ts(nullable=False, default=utcnow)
+    created_at: datetime = _ts(nullable=False, default=utcnow, index=True)
+
+
+class ArticleURL(SQLModel, table=True):
+    """Every canonical URL that leads to an article (exact copies at other URLs land here too)."""
+
+    __tablename__ = "article_urls"
+
+    canonical_url: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))
+    article_id: int = Field(foreign_key="articles.id", index=True, ondelete="CASCADE")
+    url: str = Field(sa_type=sa.Text)
+    first_seen_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class ArticleFeed(SQLModel, table=True):
+    """Which feeds listed an article (an article can be reached from several feeds)."""
+
+    __tablename__ = "article_feeds"
+
+    article_id: int = Field(foreign_key="articles.id", primary_key=True, ondelete="CASCADE")
+    feed_id: int = Field(foreign_key="feeds.id", primary_key=True, ondelete="CASCADE")
+    guid: Optional[str] = Field(default=None, sa_type=sa.Text)
+    entry_url: Optional[str] = Field(default=None, sa_type=sa.Text)
+    first_seen_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class Tag(SQLModel, table=True):
+    __tablename__ = "tags"
+    __table_args__ = (sa.UniqueConstraint("article_id", "name", name="uq_tags_article_name"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    article_id: int = Field(foreign_key="articles.id", index=True, ondelete="CASCADE")
+    name: str = Field(sa_type=sa.Text, index=True)
+    score: float
+    evidence: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    details: Optional[dict[str, Any]] = Field(default=None, sa_type=sa.JSON)   # where each phrase matched, weights
+    iptc_code: Optional[str] = Field(default=None, sa_type=sa.Text)
+    tagger_version: str = Field(sa_type=sa.Text)
+    created_at: datetime = _ts(nullable=False, default=utcnow)

@@ -1,0 +1,205 @@
+"""The ingestion core, one function per step:
+
+    poll_feed:     fetch → parse → find new entries → record the outcome (one transaction)
+    process_entry: canonicalise → fetch page → extract → dedupe → tag → store (one transaction)
+
+Each takes its HTTP client and database session as arguments; Celery tasks and the
+``--inline`` CLI call the same functions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import httpx
+from sqlmodel import Session
+
+from . import http, store
+from .dedupe import content_hash
+from .errors import BlockedURL, FeedParseError, FetchError, PermanentFetchError, TemporaryFetchError
+from .extract import Extracted, clean_text, detect_language, extract_page, html_to_text
+from .feeds import ParsedEntry, parse_feed
+from .models import Feed, utcnow
+from .schedule import NOT_MODIFIED, OK, PERMANENT, TEMPORARY, PollOutcome, next_state
+from .settings import Settings
+from .tagging import Tagger
+from .urls import canonicalise
+
+FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/feed+json, application/xml;q=0.9, text/xml;q=0.8, */*;q=0.5"
+PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.5"
+_HTML_TYPES = ("html", "xml", "text/plain")
+
+
+@dataclass
+class PollResult:
+    feed_id: int
+    feed_url: str
+    outcome: PollOutcome
+    new_entries: list[ParsedEntry] = field(default_factory=list)
+
+
+@dataclass
+class EntryResult:
+    article_id: Optional[int]
+    created: bool
+    text_source: Optional[str] = None
+    fetch_error: Optional[str] = None
+
+
+# ---------------------------------------------------------------- feeds
+
+def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Settings) -> PollResult:
+    """Poll one feed and record the outcome (fetch event, feed state, claim released).
+    Entries not stored yet are returned for :func:`process_entry`.  Never raises a
+    ``FetchError``: failures are outcomes."""
+    feed = store.get_feed(session, feed_id)
+    started = utcnow()
+    t0 = time.perf_counter()
+    new: list[ParsedEntry] = []
+    try:
+        result = http.get(
+            client, feed.url, etag=feed.etag, last_modified=feed.last_modified, max_bytes=settings.max_feed_bytes,
+            allowed_private_hosts=settings.allowed_private_hosts, accept=FEED_ACCEPT,
+        )
+        if result.not_modified:
+            outcome = PollOutcome(NOT_MODIFIED, http_status=304, etag=feed.etag, last_modified=feed.last_modified)
+        else:
+            parsed = parse_feed(result.content, feed.url, content_type=result.content_type,
+                                max_entries=settings.max_entries_per_feed)
+            new = _new_entries(session, feed.id, parsed.entries)
+            outcome = PollOutcome(OK, http_status=result.status, etag=result.etag, last_modified=result.last_modified,
+                                  items_seen=len(parsed.entries), items_new=len(new),
+                                  error=f"feed not well-formed: {parsed.warning}" if parsed.warning else None)
+            feed.title = parsed.title or feed.title
+            feed.site_url = parsed.site_url or feed.site_url
+    except TemporaryFetchError as exc:
+        outcome = PollOutcome(TEMPORARY, http_status=exc.status, error=str(exc), retry_after=exc.retry_after)
+    except (PermanentFetchError, BlockedURL, FeedParseError) as exc:
+        outcome = PollOutcome(PERMANENT, http_status=exc.status, error=str(exc))
+    record_poll(session, feed, outcome, started, int((time.perf_counter() - t0) * 1000), settings)
+    return PollResult(feed.id, feed.url, outcome, new)
+
+
+def _new_entries(session: Session, feed_id: int, entries: list[ParsedEntry]) -> list[ParsedEntry]:
+    """Entries whose canonical URL is not stored yet.  Stored ones are linked to this
+    feed too: an article can be reached from several feeds."""
+    by_url = {canonicalise(e.link): e for e in entries}
+    known = store.known_url_map(session, list(by_url))
+    store.link_feed_many(session, feed_id, {aid: (by_url[u].guid, by_url[u].link) for u, aid in known.items()})
+    return [e for u, e in by_url.items() if u not in known]
+
+
+def record_poll(session: Session, feed: Feed, outcome: PollOutcome, started, duration_ms: int, settings: Settings) -> None:
+    """Apply the scheduling policy to *feed* and log the poll as a fetch event."""
+    now = utcnow()
+    state = next_state(outcome, now=now, interval=feed.interval_seconds, error_count=feed.error_count, settings=settings)
+    feed.next_fetch_at = state.next_fetch_at
+    feed.error_count = state.error_count
+    feed.enabled = state.enabled
+    if state.disabled_reason:
+        feed.disabled_reason = state.disabled_reason
+    feed.last_fetch_at = now
+    feed.last_status = outcome.status
+    feed.last_http_status = outcome.http_status
+    feed.queued_at = None
+    if outcome.status in (OK, NOT_MODIFIED):
+        feed.last_success_at = now
+        feed.last_error = outcome.error
+        feed.etag, feed.last_modified = outcome.etag, outcome.last_modified
+    else:
+        feed.last_error = outcome.error
+    session.add(feed)
+    store.add_fetch_event(
+        session, feed_id=feed.id, started_at=started, finished_at=now, outcome=outcome.status,
+        http_status=outcome.http_status, items_seen=outcome.items_seen, items_new=outcome.items_new,
+        error=outcome.error, duration_ms=duration_ms,
+    )
+
+
+# ---------------------------------------------------------------- entries
+
+def process_entry(
+    session: Session, client: httpx.Client, feed_id: int, entry: ParsedEntry, tagger: Tagger, settings: Settings,
+    *, fallback_on_temporary: bool = True,
+) -> EntryResult:
+    """Store one feed entry as an article (or link it to the article it duplicates).
+    With ``fallback_on_temporary=False`` a temporary page-fetch error is raised so the
+    caller can retry later; otherwise the feed's own content is used."""
+    canonical = canonicalise(entry.link)
+    existing = store.known_article(session, [canonical])
+    if existing is not None:
+        store.link_feed(session, existing, feed_id, entry.guid, entry.link)
+        return EntryResult(existing, False)
+    draft = make_article(client, entry, canonical, settings, fallback_on_temporary=fallback_on_temporary)
+    if draft.canonical_url != canonical:
+        existing = store.known_article(session, [draft.canonical_url])
+        if existing is not None:
+            store.add_urls(session, existing, [canonical], entry.link)
+            store.link_feed(session, existing, feed_id, entry.guid, entry.link)
+            return EntryResult(existing, False)
+    tags = tagger.tag(draft.title, draft.text, draft.language)
+    article_id, created = store.save_article(session, draft, feed_id, tags, tagger.version)
+    return EntryResult(article_id, created, draft.text_source, draft.fetch_error)
+
+
+def fetch_page(client: httpx.Client, url: str, settings: Settings) -> tuple[Optional[Extracted], str]:
+    """Fetch and extract an article page: (extracted or None, final URL).
+    Raises ``FetchError`` when the page cannot be had."""
+    page = http.get(client, url, max_bytes=settings.max_page_bytes,
+                    allowed_private_hosts=settings.allowed_private_hosts, accept=PAGE_ACCEPT)
+    ctype = page.content_type.lower()
+    if ctype and not any(t in ctype for t in _HTML_TYPES):
+        raise PermanentFetchError(url, f"not an HTML page (Content-Type {page.content_type})", status=page.status)
+    return extract_page(page.content, page.final_url), page.final_url
+
+
+def make_article(
+    client: httpx.Client, entry: ParsedEntry, canonical: str, settings: Settings, *, fallback_on_temporary: bool = True
+) -> store.ArticleDraft:
+    """The article for *entry*: the page's text when it can be fetched and extracted,
+    else the feed's own content, and a note of which and why."""
+    extracted: Optional[Extracted] = None
+    fetch_error: Optional[str] = None
+    aliases: set[str] = set()
+    try:
+        extracted, final_url = fetch_page(client, entry.link, settings)
+        aliases.add(canonicalise(final_url))
+        if extracted is None:
+            fetch_error = f"{entry.link}: no article text found on the page"
+    except FetchError as exc:
+        if isinstance(exc, TemporaryFetchError) and not fallback_on_temporary:
+            raise
+        fetch_error = str(exc)
+
+    if extracted is not None:
+        text, source = extracted.text, "page"
+    elif html_to_text(entry.content).strip():
+        text, source = html_to_text(entry.content), "feed_content"
+    elif html_to_text(entry.summary).strip():
+        text, source = html_to_text(entry.summary), "feed_summary"
+    else:
+        text, source = "", "title"
+    text = clean_text(text, settings.max_text_chars)
+    title = clean_text(entry.title or (extracted.title if extracted else "") or "") or None
+    page_canonical = canonicalise(extracted.canonical_url) if extracted and extracted.canonical_url else None
+    final_canonical = page_canonical or canonical
+    aliases.add(canonical)
+    aliases.discard(final_canonical)
+    summary = clean_text(html_to_text(entry.summary), 2000) or (extracted.description if extracted else None)
+    return store.ArticleDraft(
+        url=entry.link,
+        canonical_url=final_canonical,
+        text=text,
+        text_source=source,
+        guid=entry.guid,
+        title=title,
+        summary=summary or None,
+        author=entry.author or (extracted.author if extracted else None),
+        site_name=extracted.site_name if extracted else None,
+        published_at=entry.published_at or (extracted.published_at if extracted else None),
+        language=detect_language(f"{title or ''}\n{text}"),
+        content_hash=content_hash(text),
+        fetch_error=fetch_error,
+        alias_urls=tuple(sorted(aliases)),
+    )

@@ -1,0 +1,77 @@
+"""Settings from the environment (prefix ``NEWSWORKER_``), read when asked for, never at import."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import field_validator
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "config"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEWSWORKER_", extra="ignore")
+
+    var_dir: Path = Path("var")
+    database_url: str = ""
+    # Default broker needs no server: kombu's SQLAlchemy transport on an SQLite file.
+    broker_url: str = ""
+    result_backend: str = ""
+
+    # "host:port,host:port": loopback/private addresses that may still be fetched (tests, demo).
+    allowed_private_hosts: Annotated[list[str], NoDecode] = []
+
+    user_agent: str = "newsworker/0.1 (+https://github.com/newsworker/newsworker; news feed ingestion)"
+    connect_timeout: float = 10.0
+    read_timeout: float = 20.0
+    max_feed_bytes: int = 10 * 1024 * 1024
+    max_page_bytes: int = 5 * 1024 * 1024
+    max_entries_per_feed: int = 500
+    max_text_chars: int = 200_000
+
+    default_interval: int = 900          # seconds between polls of a feed
+    min_interval: int = 60
+    max_interval: int = 86_400
+    max_backoff: int = 6 * 3600
+    disable_after_failures: int = 20     # consecutive permanent failures
+    claim_timeout: int = 900             # a queued poll older than this is re-dispatched
+
+    tagging_rules: Path = CONFIG_DIR / "tagging.yaml"
+    feeds_opml: Path = CONFIG_DIR / "feeds.opml"
+    celery_config: str = "config.celeryconfig"
+
+    @field_validator("allowed_private_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    def model_post_init(self, __context: object) -> None:
+        var = self.var_dir.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{var / 'newsworker.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{var / 'broker.db'}"
+        if not self.result_backend:
+            if self.broker_url.startswith(("redis://", "rediss://")):
+                self.result_backend = self.broker_url
+            else:
+                self.result_backend = f"db+sqlite:///{var / 'results.db'}"
+
+    @property
+    def embedded(self) -> bool:
+        """True when running on the server-less default (SQLite broker)."""
+        return self.broker_url.startswith("sqla+sqlite")
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    return settings

@@ -1,0 +1,246 @@
+"""The few queries the pipeline needs.  Unique constraints are the last line of
+deduplication: every insert is ``INSERT … ON CONFLICT DO NOTHING``, so a task that
+runs twice (redelivery, two workers) stores nothing twice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, select
+
+from .errors import FeedNotFound
+from .models import Article, ArticleFeed, ArticleURL, Feed, FetchEvent, Story, Tag, utcnow
+
+if TYPE_CHECKING:
+    from .tagging import TagResult
+
+
+def _insert(session: Session, model: type) -> Any:
+    dialect = session.get_bind().dialect.name
+    table = model.__table__  # type: ignore[attr-defined]
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+
+
+def insert_ignore(session: Session, model: type, values: dict[str, Any] | list[dict[str, Any]], *returning: Any) -> Any:
+    """Insert, doing nothing on any unique conflict.  With *returning* columns, returns
+    the first inserted row (None if it conflicted); otherwise the row count."""
+    stmt = _insert(session, model).values(values).on_conflict_do_nothing()
+    if returning:
+        return session.execute(stmt.returning(*returning)).first()
+    return session.execute(stmt).rowcount
+
+
+# ---------------------------------------------------------------- feeds
+
+def get_feed(session: Session, id_or_url: int | str) -> Feed:
+    key = str(id_or_url).strip()
+    feed = session.get(Feed, int(key)) if key.isdigit() else session.exec(select(Feed).where(Feed.url == key)).first()
+    if feed is None:
+        raise FeedNotFound(f"no feed {key!r}")
+    return feed
+
+
+def add_feed(
+    session: Session, url: str, *, name: Optional[str] = None, interval: Optional[int] = None,
+    group: Optional[str] = None, title: Optional[str] = None, site_url: Optional[str] = None,
+) -> tuple[Feed, bool]:
+    """Add a feed; returns (feed, created).  Adding a known URL changes nothing."""
+    inserted = insert_ignore(
+        session, Feed,
+        {"url": url, "name": name, "interval_seconds": interval, "group_name": group, "title": title,
+         "site_url": site_url, "enabled": True, "error_count": 0, "next_fetch_at": utcnow(), "created_at": utcnow()},
+        Feed.id,
+    )
+    feed = session.exec(select(Feed).where(Feed.url == url)).one()
+    return feed, inserted is not None
+
+
+def claim_due_feeds(session: Session, now: datetime, stale_before: datetime, limit: int) -> list[int]:
+    """Mark up to *limit* due feeds as queued and return their ids.  A feed queued
+    after *stale_before* is never claimed again, so no feed is queued twice; one
+    statement, so SQLite's single writer is enough, and PostgreSQL skips rows
+    another dispatcher holds."""
+    due = (
+        sa.select(Feed.id)
+        .where(Feed.enabled.is_(True), Feed.next_fetch_at <= now)
+        .where(sa.or_(Feed.queued_at.is_(None), Feed.queued_at < stale_before))
+        .order_by(Feed.next_fetch_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    stmt = sa.update(Feed).where(Feed.id.in_(due.scalar_subquery())).values(queued_at=now).returning(Feed.id)
+    return sorted(session.execute(stmt).scalars().all())
+
+
+def claim_feed(session: Session, feed_id: int, now: datetime, stale_before: datetime) -> bool:
+    """Claim one feed for a manual poll; False if a poll of it is already queued or running."""
+    stmt = (
+        sa.update(Feed)
+        .where(Feed.id == feed_id, sa.or_(Feed.queued_at.is_(None), Feed.queued_at < stale_before))
+        .values(queued_at=now)
+        .returning(Feed.id)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def release_feed(session: Session, feed_id: int) -> None:
+    session.execute(sa.update(Feed).where(Feed.id == feed_id).values(queued_at=None))
+
+
+def add_fetch_event(session: Session, **values: Any) -> None:
+    session.add(FetchEvent(**values))
+
+
+# ---------------------------------------------------------------- articles
+
+@dataclass
+class ArticleDraft:
+    """An article ready to store (the value the pipeline hands to storage)."""
+
+    url: str
+    canonical_url: str
+    text: str
+    text_source: str
+    guid: Optional[str] = None
+    title: Optional[str] = None
+    summary: Optional[str] = None
+    author: Optional[str] = None
+    site_name: Optional[str] = None
+    published_at: Optional[datetime] = None
+    language: Optional[str] = None
+    content_hash: Optional[str] = None
+    fetch_error: Optional[str] = None
+    alias_urls: tuple[str, ...] = ()       # other canonical URLs that led here (entry link vs page canonical)
+
+
+def known_article(session: Session, canonical_urls: Iterable[str]) -> Optional[int]:
+    """The id of the article already stored under any of these canonical URLs."""
+    urls = [u for u in canonical_urls if u]
+    if not urls:
+        return None
+    return session.exec(select(ArticleURL.article_id).where(ArticleURL.canonical_url.in_(urls)).limit(1)).first()
+
+
+def known_url_map(session: Session, canonical_urls: Sequence[str]) -> dict[str, int]:
+    """{canonical URL: article id} for the URLs already stored."""
+    found: dict[str, int] = {}
+    for i in range(0, len(canonical_urls), 500):
+        chunk = list(canonical_urls[i : i + 500])
+        found.update(session.exec(
+            select(ArticleURL.canonical_url, ArticleURL.article_id).where(ArticleURL.canonical_url.in_(chunk))
+        ).all())
+    return found
+
+
+def link_feed_many(session: Session, feed_id: int, links: dict[int, tuple[Optional[str], str]]) -> None:
+    """Link several articles to a feed at once: {article_id: (guid, entry_url)}."""
+    if not links:
+        return
+    linked = set(session.exec(
+        select(ArticleFeed.article_id).where(ArticleFeed.feed_id == feed_id, ArticleFeed.article_id.in_(list(links)))
+    ).all())
+    rows = [{"article_id": aid, "feed_id": feed_id, "guid": guid, "entry_url": url, "first_seen_at": utcnow()}
+            for aid, (guid, url) in links.items() if aid not in linked]
+    if rows:
+        insert_ignore(session, ArticleFeed, rows)
+
+
+def add_urls(session: Session, article_id: int, canonical_urls: Iterable[str], url: str) -> None:
+    """Record canonical URLs that lead to the article (ignored when already known)."""
+    rows = [{"canonical_url": u, "article_id": article_id, "url": url, "first_seen_at": utcnow()}
+            for u in sorted(set(canonical_urls))]
+    if rows:
+        insert_ignore(session, ArticleURL, rows)
+
+
+def link_feed(session: Session, article_id: int, feed_id: int, guid: Optional[str], entry_url: Optional[str]) -> bool:
+    """Record that *feed_id* listed the article; True when this is new."""
+    return bool(
+        insert_ignore(session, ArticleFeed,
+                      {"article_id": article_id, "feed_id": feed_id, "guid": guid, "entry_url": entry_url,
+                       "first_seen_at": utcnow()})
+    )
+
+
+def save_article(
+    session: Session, draft: ArticleDraft, feed_id: int, tags: Sequence[TagResult], tagger_version: str
+) -> tuple[int, bool]:
+    """Store *draft* (or find the article it duplicates) and link it to the feed.
+    Returns (article_id, created)."""
+    now = utcnow()
+    row = insert_ignore(
+        session, Article,
+        {"url": draft.url, "canonical_url": draft.canonical_url, "guid": draft.guid, "feed_id": feed_id,
+         "title": draft.title, "text": draft.text, "summary": draft.summary, "author": draft.author,
+         "site_name": draft.site_name, "published_at": draft.published_at, "language": draft.language,
+         "content_hash": draft.content_hash, "text_source": draft.text_source, "fetch_error": draft.fetch_error,
+         "fetched_at": now, "created_at": now},
+        Article.id,
+    )
+    created = row is not None
+    if created:
+        article_id = row[0]
+        story = session.execute(
+            sa.insert(Story).values(representative_article_id=article_id, created_at=now).returning(Story.id)
+        ).scalar_one()
+        session.execute(sa.update(Article).where(Article.id == article_id).values(story_id=story))
+        if tags:
+            insert_ignore(session, Tag, [_tag_row(article_id, t, tagger_version, now) for t in tags])
+    else:
+        # Same canonical URL stored meanwhile, or an exact copy of stored text.
+        cond = Article.canonical_url == draft.canonical_url
+        if draft.content_hash:
+            cond = sa.or_(cond, Article.content_hash == draft.content_hash)
+        article_id = session.exec(select(Article.id).where(cond).order_by(Article.id).limit(1)).one()
+    add_urls(session, article_id, [draft.canonical_url, *draft.alias_urls], draft.url)
+    link_feed(session, article_id, feed_id, draft.guid, draft.url)
+    return article_id, created
+
+
+def _tag_row(article_id: int, tag: TagResult, version: str, now: datetime) -> dict[str, Any]:
+    return {"article_id": article_id, "name": tag.name, "score": float(tag.score), "evidence": list(tag.evidence),
+            "details": tag.details, "iptc_code": tag.iptc_code, "tagger_version": version, "created_at": now}
+
+
+def replace_tags(session: Session, article_id: int, tags: Sequence[TagResult], version: str) -> None:
+    session.execute(sa.delete(Tag).where(Tag.article_id == article_id))
+    if tags:
+        insert_ignore(session, Tag, [_tag_row(article_id, t, version, utcnow()) for t in tags])
+
+
+def list_articles(
+    session: Session, *, tag: Optional[str] = None, since: Optional[datetime] = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Articles newest first, each with its feed URL and tags, as plain dicts."""
+    q = select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id, isouter=True)
+    if tag:
+        q = q.where(Article.id.in_(select(Tag.article_id).where(Tag.name == tag)))
+    if since:
+        q = q.where(sa.func.coalesce(Article.published_at, Article.created_at) >= since)
+    rows = session.exec(q.order_by(Article.created_at.desc(), Article.id.desc()).limit(limit)).all()
+    ids = [a.id for a, _ in rows]
+    tags: dict[int, list[Tag]] = {}
+    if ids:
+        for t in session.exec(select(Tag).where(Tag.article_id.in_(ids)).order_by(Tag.article_id, Tag.name)).all():
+            tags.setdefault(t.article_id, []).append(t)
+    return [article_dict(a, feed_url, tags.get(a.id, [])) for a, feed_url in rows]
+
+
+def article_dict(a: Article, feed_url: Optional[str], tags: Sequence[Tag]) -> dict[str, Any]:
+    def iso(d: Optional[datetime]) -> Optional[str]:
+        return d.isoformat() if d else None
+
+    return {
+        "id": a.id, "url": a.url, "canonical_url": a.canonical_url, "feed_id": a.feed_id, "feed_url": feed_url,
+        "guid": a.guid, "title": a.title, "text": a.text, "author": a.author, "site_name": a.site_name,
+        "published_at": iso(a.published_at), "language": a.language, "story_id": a.story_id,
+        "content_hash": a.content_hash, "text_source": a.text_source, "fetch_error": a.fetch_error,
+        "fetched_at": iso(a.fetched_at),
+        "tags": [{"name": t.name, "score": t.score, "evidence": t.evidence, "iptc_code": t.iptc_code,
+                  "tagger_version": t.tagger_version} for t in tags],
+    }
