@@ -31,6 +31,9 @@ _SPACES = re.compile(r"[ \t\u00a0]+")
 _BLANKS = re.compile(r"\n\s*\n+")
 
 
+MIN_WORDS = 8          # less is a navigation scrap, not an article
+
+
 @dataclass
 class Extracted:
     text: str
@@ -65,7 +68,7 @@ def parse_date(value: Optional[str]) -> Optional[datetime]:
 def extract_page(html: bytes | str, url: str) -> Optional[Extracted]:
     """Main text and metadata of an article page, or ``None`` when nothing usable was found."""
     doc = trafilatura.bare_extraction(html, url=url, **_EXTRACT_OPTIONS)
-    if doc is None or not (doc.text or "").strip():
+    if doc is None or len((doc.text or "").split()) < MIN_WORDS:
         return None
     canonical = doc.url if doc.url and doc.url != url and same_site(doc.url, url) else None
     return Extracted(

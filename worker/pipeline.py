@@ -172,10 +172,14 @@ def make_article(
             raise
         fetch_error = str(exc)
 
-    if extracted is not None:
+    feed_content = html_to_text(entry.content).strip()
+    if extracted is not None and len(extracted.text) >= len(feed_content) / 2:
         text, source = extracted.text, "page"
-    elif html_to_text(entry.content).strip():
-        text, source = html_to_text(entry.content), "feed_content"
+    elif feed_content:
+        # The page failed, or gave much less than the feed itself (paywall, teaser page).
+        text, source = feed_content, "feed_content"
+        if extracted is not None:
+            fetch_error = f"{entry.link}: page text much shorter than the feed's content"
     elif html_to_text(entry.summary).strip():
         text, source = html_to_text(entry.summary), "feed_summary"
     else:

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
 
     tagging_rules: Path = CONFIG_DIR / "tagging.yaml"
     feeds_opml: Path = CONFIG_DIR / "feeds.opml"
-    celery_config: str = "config.celeryconfig"
+    celery_config: Path = CONFIG_DIR / "celery.py"
 
     @field_validator("allowed_private_hosts", mode="before")
     @classmethod

@@ -1,0 +1,40 @@
+# newsworker — the two commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export NEWSWORKER_CORPUS ?= $(abspath ../shared/corpus)
+
+.PHONY: install run demo test test-fast bench eval clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "newsworker needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Ingest on the embedded default (SQLite database, SQLite broker): no server needed.
+run: install
+	$(BIN)/newsworker db upgrade
+	$(BIN)/newsworker feeds import-opml config/feeds.opml
+	$(BIN)/newsworker worker --beat
+
+## Offline demo: serves the sample site locally and ingests it through a real worker.
+demo: install
+	$(BIN)/python -m worker.demo
+
+## The whole suite: real Redis, PostgreSQL (started if not answering) and Celery workers.
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/run.py
+
+eval: install
+	$(BIN)/python bench/eval_tagging.py
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,50 @@
+"""The Celery application.  ``celery -A worker.celery_app worker`` and
+``newsworker worker`` start the same thing.  Configuration is read when Celery
+first needs it: operator settings from config/celery.py, broker and backend
+from newsworker's settings."""
+
+from __future__ import annotations
+
+import runpy
+from typing import Any
+
+from celery import Celery
+
+from .settings import get_settings
+
+
+class _Config:
+    """Celery reads this lazily (at first use of ``app.conf``), not at import."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        if self._values is None:
+            settings = get_settings()
+            values = {k: v for k, v in runpy.run_path(str(settings.celery_config)).items()
+                      if not k.startswith("_") and k.islower()}
+            values["broker_url"] = settings.broker_url
+            values["result_backend"] = settings.result_backend
+            values["beat_schedule_filename"] = str(settings.var_dir / "celerybeat-schedule")
+            if settings.embedded:
+                # kombu's SQLAlchemy transport polls its table; keep latency low.
+                values.setdefault("broker_transport_options", {})["polling_interval"] = 0.2
+            self._values = values
+        return self._values
+
+    def __dir__(self) -> list[str]:
+        return list(self._load())
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return self._load()[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+app = Celery("newsworker", include=["worker.tasks"])
+app.config_from_object(_Config())
+

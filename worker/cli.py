@@ -1,0 +1,305 @@
+"""The ``newsworker`` command line.  Command names are a stable interface."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlmodel import select
+
+from .errors import ConfigError, NewsworkerError
+
+app = typer.Typer(help="newsworker: news feed ingestion.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+feeds_app = typer.Typer(help="The feeds to poll.", no_args_is_help=True)
+articles_app = typer.Typer(help="Stored articles.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(feeds_app, name="feeds")
+app.add_typer(articles_app, name="articles")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _parse_since(value: Optional[str]) -> Optional[datetime]:
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--since {value!r} is not an ISO-8601 date or time (e.g. 2024-01-17 or 2024-01-17T12:00)") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+# ---------------------------------------------------------------- db
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Create or migrate the database schema to REVISION (default: the latest)."""
+    from .migrate import upgrade
+    from .settings import get_settings
+
+    upgrade(revision=revision)
+    out.print(f"database at revision {revision}: {get_settings().database_url}")
+
+
+# ---------------------------------------------------------------- feeds
+
+@feeds_app.command("add")
+def feeds_add(
+    url: str,
+    name: Optional[str] = typer.Option(None, "--name", help="A display name."),
+    interval: Optional[int] = typer.Option(None, "--interval", min=1, help="Seconds between polls (default from settings)."),
+) -> None:
+    """Add a feed to poll."""
+    from .db import session_scope
+    from .http import check_url
+    from .settings import get_settings
+    from .store import add_feed
+    from .errors import BlockedURL
+
+    if not url.startswith(("http://", "https://")):
+        raise BlockedURL(url, "a feed URL must start with http:// or https://")
+    check_url(url, get_settings().allowed_private_hosts)
+    with session_scope() as s:
+        feed, created = add_feed(s, url, name=name, interval=interval)
+    out.print(f"{'added' if created else 'already present'}: feed {feed.id} {feed.url}")
+
+
+@feeds_app.command("list")
+def feeds_list(as_json: bool = typer.Option(False, "--json", help="JSON Lines, one feed per line.")) -> None:
+    """Feeds and their health."""
+    from .db import session_scope
+    from .models import Feed
+
+    with session_scope() as s:
+        feeds = s.exec(select(Feed).order_by(Feed.id)).all()
+    rows = [_feed_dict(f) for f in feeds]
+    if as_json:
+        for r in rows:
+            print(json.dumps(r, ensure_ascii=False))
+        return
+    table = Table("id", "url", "name", "status", "errors", "last success", "next fetch", "last error")
+    for r in rows:
+        status = r["last_status"] or "never polled"
+        if not r["enabled"]:
+            status = "[red]disabled[/]"
+        table.add_row(str(r["id"]), r["url"], r["name"] or r["title"] or "", status, str(r["error_count"]),
+                      (r["last_success_at"] or "")[:19], (r["next_fetch_at"] or "")[:19], (r["last_error"] or "")[:80])
+    out.print(table)
+
+
+def _feed_dict(f: Any) -> dict[str, Any]:
+    def iso(d: Optional[datetime]) -> Optional[str]:
+        return d.isoformat() if d else None
+
+    return {"id": f.id, "url": f.url, "name": f.name, "title": f.title, "site_url": f.site_url, "group": f.group_name,
+            "interval_seconds": f.interval_seconds, "enabled": f.enabled, "disabled_reason": f.disabled_reason,
+            "last_status": f.last_status, "last_http_status": f.last_http_status, "error_count": f.error_count,
+            "last_error": f.last_error, "last_fetch_at": iso(f.last_fetch_at), "last_success_at": iso(f.last_success_at),
+            "next_fetch_at": iso(f.next_fetch_at)}
+
+
+@feeds_app.command("remove")
+def feeds_remove(feed: str = typer.Argument(..., help="Feed id or URL.")) -> None:
+    """Stop polling a feed.  Its articles stay."""
+    from .db import session_scope
+    from .store import get_feed
+
+    with session_scope() as s:
+        f = get_feed(s, feed)
+        fid, furl = f.id, f.url
+        s.delete(f)
+    out.print(f"removed feed {fid} {furl}")
+
+
+@feeds_app.command("import-opml")
+def feeds_import_opml(path: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True)) -> None:
+    """Add every feed in an OPML file (folders become groups); known feeds are left as they are."""
+    from .db import session_scope
+    from .opml import parse_opml
+    from .store import add_feed
+
+    feeds = parse_opml(path.read_bytes(), str(path))
+    added = 0
+    with session_scope() as s:
+        for f in feeds:
+            _, created = add_feed(s, f.url, name=f.name, group=f.group, site_url=f.site_url)
+            added += created
+    out.print(f"imported {path}: {added} feeds added, {len(feeds) - added} already present")
+
+
+@feeds_app.command("export-opml")
+def feeds_export_opml() -> None:
+    """Print all feeds as OPML."""
+    from .db import session_scope
+    from .models import Feed
+    from .opml import OPMLFeed, build_opml
+
+    with session_scope() as s:
+        feeds = [OPMLFeed(f.url, f.name or f.title, f.site_url, f.group_name)
+                 for f in s.exec(select(Feed).order_by(Feed.id)).all()]
+    sys.stdout.write(build_opml(feeds).decode("utf-8") + "\n")
+
+
+# ---------------------------------------------------------------- fetch
+
+@app.command("fetch")
+def fetch(
+    feed: list[str] = typer.Option([], "--feed", help="Feed id or URL; repeat for several."),
+    all_feeds: bool = typer.Option(False, "--all", help="Every enabled feed."),
+    inline: bool = typer.Option(False, "--inline", help="Run here, without broker or worker."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the worker and print the outcome."),
+    timeout: float = typer.Option(1800, "--timeout", help="With --wait: seconds to wait at most."),
+) -> None:
+    """Poll feeds now: through the broker for a running worker, or --inline in this process."""
+    from . import runner
+
+    if not feed and not all_feeds:
+        raise ConfigError("say which feeds: --feed ID_OR_URL (repeatable) or --all")
+    feed_ids, busy = runner.claim(feed, all_feeds)
+    for fid, since in busy:
+        err.print(f"feed {fid} is already queued or being polled (since {since:%Y-%m-%d %H:%M:%S}); not queued again")
+    if not feed_ids:
+        return
+    if inline:
+        summary = _fetch_inline(feed_ids)
+        out.print(summary.line())
+        raise typer.Exit(1 if summary.failures and summary.failures == summary.feeds else 0)
+    tasks = runner.enqueue(feed_ids)
+    for fid, task_id in tasks:
+        out.print(f"feed {fid}: queued poll task {task_id}")
+    if wait:
+        summary = runner.wait(tasks, timeout)
+        for line in summary.details:
+            out.print(line)
+        out.print(summary.line())
+
+
+def _fetch_inline(feed_ids: list[int]) -> Any:
+    from . import runner
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=False) as progress:
+        bar = progress.add_task("polling feeds", total=len(feed_ids))
+
+        def on_event(kind: str, detail: str, total: int = 0) -> None:
+            if kind == "entries":
+                progress.update(bar, total=(progress.tasks[0].total or 0) + total, description=detail)
+            else:
+                progress.update(bar, advance=1, description=detail)
+
+        return runner.run_inline(feed_ids, on_event)
+
+
+# ---------------------------------------------------------------- articles
+
+@articles_app.command("list")
+def articles_list(
+    tag: Optional[str] = typer.Option(None, "--tag", help="Only articles with this tag, e.g. defence."),
+    since: Optional[str] = typer.Option(None, "--since", help="Published (or stored) at or after, ISO-8601."),
+    limit: int = typer.Option(50, "--limit", min=1),
+    as_json: bool = typer.Option(False, "--json", help="JSON Lines, one article per line."),
+) -> None:
+    """Stored articles, newest first."""
+    from .db import session_scope
+    from .store import list_articles
+
+    with session_scope() as s:
+        rows = list_articles(s, tag=tag, since=_parse_since(since), limit=limit)
+    if as_json:
+        for r in rows:
+            print(json.dumps(r, ensure_ascii=False))
+        return
+    table = Table("id", "published", "title", "lang", "tags", "url")
+    for r in rows:
+        tags = ", ".join(f"{t['name']} {t['score']:.2f}" for t in r["tags"])
+        table.add_row(str(r["id"]), (r["published_at"] or "")[:10], (r["title"] or "")[:70], r["language"] or "",
+                      tags, r["url"])
+    out.print(table)
+
+
+# ---------------------------------------------------------------- tagging
+
+@app.command("tag")
+def tag(path: str = typer.Argument("-", help="JSON Lines file of {id, title, text}; - for standard input.")) -> None:
+    """Tag stories with the pipeline's tagger: prints {id, tags} per line."""
+    from .extract import detect_language
+    from .tagging import load_tagger
+
+    tagger = load_tagger()
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    with stream:
+        for n, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}: line {n} is not JSON: {exc}") from None
+            title, text = item.get("title") or "", item.get("text") or ""
+            language = item.get("language") or detect_language(f"{title}\n{text}")
+            tags = tagger.tag(title, text, language)
+            print(json.dumps({"id": item.get("id"), "tags": [tag_dict(t, tagger.version) for t in tags]},
+                             ensure_ascii=False))
+
+
+def tag_dict(t: Any, version: str) -> dict[str, Any]:
+    return {"name": t.name, "score": t.score, "evidence": list(t.evidence), "iptc_code": t.iptc_code,
+            "tagger_version": version, "details": t.details}
+
+
+# ---------------------------------------------------------------- celery
+
+@app.command("worker")
+def worker(
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", "-c", help="Worker processes (default: CPUs)."),
+    beat: bool = typer.Option(False, "--beat", "-B", help="Also run beat in this worker (run exactly one beat)."),
+    queues: str = typer.Option("feeds,articles", "--queues", "-Q", help="Queues to consume."),
+    loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+) -> None:
+    """Start a Celery worker with newsworker's app and settings."""
+    from .celery_app import app as celery
+
+    argv = ["worker", f"--loglevel={loglevel}", f"--queues={queues}"]
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    if beat:
+        argv.append("--beat")
+    celery.worker_main(argv)
+
+
+@app.command("beat")
+def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
+    """Start Celery beat (run exactly one per deployment)."""
+    from .celery_app import app as celery
+
+    celery.start(["beat", f"--loglevel={loglevel}"])
+
+
+def main() -> None:
+    try:
+        rv = app(standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except NewsworkerError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,114 @@
+"""The manual trigger behind ``newsworker fetch``: claim feeds, then either enqueue
+polls for a worker or run the same core functions in this process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable, Optional
+
+from sqlmodel import select
+
+from . import pipeline, store
+from .db import session_scope
+from .http import make_client
+from .models import Feed, utcnow
+from .schedule import NOT_MODIFIED, OK
+from .settings import get_settings
+from .tagging import load_tagger
+
+
+@dataclass
+class Summary:
+    feeds: int = 0
+    entries_seen: int = 0
+    articles_new: int = 0
+    failures: int = 0
+    details: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"feeds polled: {self.feeds}, entries seen: {self.entries_seen}, "
+                f"articles new: {self.articles_new}, failures: {self.failures}")
+
+
+def claim(selectors: list[str], all_feeds: bool) -> tuple[list[int], list[tuple[int, datetime]]]:
+    """Claim the chosen feeds for a poll.  Returns (claimed ids, [(busy id, queued since)])."""
+    settings = get_settings()
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.claim_timeout)
+    with session_scope() as s:
+        if all_feeds:
+            feeds = list(s.exec(select(Feed).where(Feed.enabled.is_(True)).order_by(Feed.id)).all())
+        else:
+            feeds = [store.get_feed(s, sel) for sel in dict.fromkeys(selectors)]
+        claimed, busy = [], []
+        for f in feeds:
+            if store.claim_feed(s, f.id, now, stale):
+                claimed.append(f.id)
+            else:
+                busy.append((f.id, f.queued_at))
+    return claimed, busy
+
+
+def enqueue(feed_ids: list[int]) -> list[tuple[int, str]]:
+    from .tasks import poll_feed
+
+    return [(fid, poll_feed.delay(fid).id) for fid in feed_ids]
+
+
+def wait(tasks: list[tuple[int, str]], timeout: float) -> Summary:
+    """Wait for the polls and every article task they spawned."""
+    from celery.result import AsyncResult, ResultSet
+
+    from .celery_app import app
+
+    summary = Summary()
+    child_ids: list[str] = []
+    for fid, task_id in tasks:
+        r = AsyncResult(task_id, app=app).get(timeout=timeout, propagate=False)
+        summary.feeds += 1
+        if not isinstance(r, dict):
+            summary.failures += 1
+            summary.details.append(f"feed {fid}: poll task failed: {r}")
+            continue
+        summary.entries_seen += r.get("items_seen") or 0
+        if r["status"] not in (OK, NOT_MODIFIED):
+            summary.failures += 1
+        summary.details.append(f"feed {fid}: {r['status']}" + (f" — {r['error']}" if r.get("error") else "")
+                               + f" ({r.get('items_seen', 0)} entries, {r.get('items_new', 0)} new)")
+        child_ids.extend(r.get("entry_tasks") or [])
+    if child_ids:
+        results = ResultSet([AsyncResult(i, app=app) for i in child_ids]).join(timeout=timeout, propagate=False)
+        for r in results:
+            if isinstance(r, dict):
+                summary.articles_new += bool(r.get("created"))
+            else:
+                summary.failures += 1
+                summary.details.append(f"article task failed: {r}")
+    return summary
+
+
+def run_inline(feed_ids: list[int], on_event: Optional[Callable[..., None]] = None) -> Summary:
+    """Poll and process the feeds here, one transaction per step, as a worker would."""
+    settings = get_settings()
+    tagger = load_tagger()
+    summary = Summary()
+    notify = on_event or (lambda *a, **k: None)
+    with make_client(settings) as client:
+        for fid in feed_ids:
+            with session_scope() as s:
+                result = pipeline.poll_feed(s, client, fid, settings)
+            o = result.outcome
+            summary.feeds += 1
+            summary.entries_seen += o.items_seen
+            if o.status not in (OK, NOT_MODIFIED):
+                summary.failures += 1
+                summary.details.append(f"feed {fid}: {o.status} — {o.error}")
+            notify("entries", f"feed {fid}: {len(result.new_entries)} new entries", len(result.new_entries))
+            for entry in result.new_entries:
+                with session_scope() as s:
+                    r = pipeline.process_entry(s, client, fid, entry, tagger, settings)
+                summary.articles_new += r.created
+                notify("entry", entry.link)
+            notify("feed", f"feed {fid}: {o.status}")
+    return summary
