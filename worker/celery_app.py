@@ -9,6 +9,7 @@ import runpy
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init
 
 from .settings import get_settings
 
@@ -48,3 +49,14 @@ class _Config:
 app = Celery("newsworker", include=["worker.tasks"])
 app.config_from_object(_Config())
 
+
+
+@worker_init.connect
+def _warm_up(**_: Any) -> None:
+    # Load the tagger and the language model once in the parent, so every forked
+    # child starts with them instead of paying for it on its first article.
+    from .extract import detect_language
+    from .tagging import load_tagger
+
+    load_tagger()
+    detect_language("warming up the language identification model")

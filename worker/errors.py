@@ -52,7 +52,7 @@ class TemporaryFetchError(FetchError):
 
 
 class PermanentFetchError(FetchError):
-    hint = "check the URL; the feed is disabled after repeated permanent failures"
+    hint = "retrying will not help; check the URL"
 
 
 class FeedParseError(FetchError):

@@ -70,9 +70,10 @@ def extract_page(html: bytes | str, url: str) -> Optional[Extracted]:
     doc = trafilatura.bare_extraction(html, url=url, **_EXTRACT_OPTIONS)
     if doc is None or len((doc.text or "").split()) < MIN_WORDS:
         return None
+    text = strip_headline(doc.text, doc.title)
     canonical = doc.url if doc.url and doc.url != url and same_site(doc.url, url) else None
     return Extracted(
-        text=doc.text,
+        text=text,
         title=doc.title or None,
         author=doc.author or None,
         published_at=parse_date(doc.date),
@@ -80,6 +81,16 @@ def extract_page(html: bytes | str, url: str) -> Optional[Extracted]:
         site_name=doc.sitename or None,
         description=doc.description or None,
     )
+
+
+def strip_headline(text: str, *titles: Optional[str]) -> str:
+    """Drop a first line that repeats the headline: the title is stored on its own,
+    and syndicated copies differ mostly in headlines."""
+    first, _, rest = text.partition("\n")
+    fold = " ".join(first.split()).casefold()
+    if fold and any(t and " ".join(t.split()).casefold() == fold for t in titles):
+        return rest.lstrip("\n")
+    return text
 
 
 def html_to_text(html: Optional[str]) -> str:

@@ -18,6 +18,7 @@ from .settings import Settings, get_settings
 
 ALLOWED_SCHEMES = ("http", "https")
 MAX_REDIRECTS = 5
+REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 
 @dataclass
@@ -129,7 +130,7 @@ def get(
         check_url(current, allowed_private_hosts)
         try:
             with client.stream("GET", current, headers=headers) as response:
-                if response.is_redirect:
+                if response.status_code in REDIRECT_CODES:
                     location = response.headers.get("location")
                     if not location:
                         raise PermanentFetchError(url, f"HTTP {response.status_code} redirect without Location")

@@ -1,0 +1,240 @@
+"""``make bench``: the Zyte article pages served locally, measured in one run.
+
+  (a) trafilatura.extract called directly on each page, one process
+  (b) ``newsworker fetch --all --inline`` into SQLite, one process
+  (c) the peer: Media Cloud's mcmetadata.extract, in its own virtual environment
+  (d) the real service: a Celery worker with two processes on Redis and PostgreSQL,
+      triggered by ``newsworker fetch --all --wait``
+
+Prints pages per second, token F1 against the benchmark's ground truth, peak memory,
+and the ratios b/a and d/b.  Results are also written to bench/results/latest.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import ROOT, corpus_dir, token_f1, zyte_pages  # noqa: E402
+
+BIN = Path(sys.executable).parent
+PEER_VENV = ROOT / "bench" / ".venv-peer"
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run *cmd*; return (wall seconds, stdout)."""
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if done.returncode:
+        sys.stderr.write(done.stderr[-4000:])
+        raise SystemExit(f"bench: {' '.join(cmd[:4])} failed with exit {done.returncode}")
+    return elapsed, done.stdout
+
+
+def peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- (a)
+
+def direct() -> None:
+    """Child mode: extract every page with trafilatura.extract, print JSON figures."""
+    import trafilatura
+
+    pages = zyte_pages()
+    t0 = time.perf_counter()
+    texts = [trafilatura.extract(html, url=url) or "" for _, url, html, _ in pages]
+    elapsed = time.perf_counter() - t0
+    f1 = sum(token_f1(t, p[3]) for t, p in zip(texts, pages)) / len(pages)
+    print(json.dumps({"pages": len(pages), "seconds": elapsed, "f1": f1, "peak_rss_mib": peak_rss_mib()}))
+
+
+# ---------------------------------------------------------------- (b), (d) helpers
+
+def start_devserver() -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "worker.devserver", "--port", "0", "--zyte", str(corpus_dir())],
+                            stdout=subprocess.PIPE, text=True)
+    base = proc.stdout.readline().strip()
+    if not base.startswith("http"):
+        raise SystemExit("bench: the local server did not start")
+    return proc, base
+
+
+def stored_f1(rows: list[tuple[str, str]]) -> float:
+    """Mean token F1 of stored texts, matched to the ground truth by the entry guid
+    (the local feed uses each page's benchmark hash as its guid); missing pages score 0."""
+    truth = {h: body for h, _, _, body in zyte_pages()}
+    got = {guid: text or "" for guid, text in rows}
+    return sum(token_f1(got.get(h, ""), body) for h, body in truth.items()) / len(truth)
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([str(BIN / "newsworker"), *args], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"bench: newsworker {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def inline(base: str, host_port: str) -> dict:
+    var = Path(tempfile.mkdtemp(prefix="nw-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSWORKER_")}
+    env.update(NEWSWORKER_VAR_DIR=str(var), NEWSWORKER_ALLOWED_PRIVATE_HOSTS=host_port)
+    cli(env, "db", "upgrade")
+    cli(env, "feeds", "add", f"{base}/zyte/feed.xml")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-inline"]
+    seconds, out = run_measured(cmd, env=env)
+    child = json.loads(out.strip().splitlines()[-1])
+    with sqlite3.connect(var / "newsworker.db") as db:
+        rows = db.execute("select guid, text from articles").fetchall()
+    return {"pages": len(rows), "seconds": seconds, "inner_seconds": child["seconds"],
+            "f1": stored_f1(rows), "peak_rss_mib": child["peak_rss_mib"]}
+
+
+def child_inline() -> None:
+    """Child mode: the same code path as `newsworker fetch --all --inline`, with peak memory."""
+    from worker.cli import main as cli_main
+
+    t0 = time.perf_counter()
+    sys.argv = ["newsworker", "fetch", "--all", "--inline"]
+    try:
+        cli_main()
+    except SystemExit as exc:
+        if exc.code:
+            raise
+    print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib()}))
+
+
+# ---------------------------------------------------------------- (c)
+
+def peer() -> dict | None:
+    py = PEER_VENV / "bin" / "python"
+    if not py.exists():
+        print("  installing the peer (mediacloud-metadata) into bench/.venv-peer …", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        done = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "mediacloud-metadata"], capture_output=True,
+                              text=True)
+        if done.returncode:
+            print(f"  peer not installed: {done.stderr.strip().splitlines()[-1:]}")
+            return None
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    seconds, out = run_measured([str(py), str(ROOT / "bench" / "peer_mcmetadata.py")], env=env)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- (d)
+
+def service(base: str, host_port: str) -> dict:
+    from tests.support.services import create_database, drop_database, ensure_postgres, ensure_redis
+
+    admin = ensure_postgres()
+    db_url = create_database(admin)
+    redis_url = ensure_redis().rstrip("/0123456789") .rstrip("/") + "/13"
+    import redis as redis_lib
+
+    redis_lib.Redis.from_url(redis_url).flushdb()
+    var = Path(tempfile.mkdtemp(prefix="nw-bench-svc-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSWORKER_")}
+    env.update(NEWSWORKER_VAR_DIR=str(var), NEWSWORKER_ALLOWED_PRIVATE_HOSTS=host_port,
+               NEWSWORKER_DATABASE_URL=db_url, NEWSWORKER_BROKER_URL=redis_url, NEWSWORKER_RESULT_BACKEND=redis_url)
+    cli(env, "db", "upgrade")
+    cli(env, "feeds", "add", f"{base}/zyte/feed.xml")
+    worker = subprocess.Popen([str(BIN / "newsworker"), "worker", "--concurrency", "2", "--loglevel", "WARNING"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_worker(env)
+        seconds, out = run_measured([str(BIN / "newsworker"), "fetch", "--all", "--wait"], env=env)
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("select guid, text from articles")).all()
+        engine.dispose()
+        return {"pages": len(rows), "seconds": seconds, "f1": stored_f1([tuple(r) for r in rows])}
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        drop_database(admin, db_url)
+
+
+def wait_for_worker(env: dict[str, str], timeout: float = 60) -> None:
+    code = ("from worker.celery_app import app; import sys; "
+            "sys.exit(0 if app.control.ping(timeout=1.0) else 1)")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0:
+            return
+        time.sleep(0.5)
+    raise SystemExit("bench: the Celery worker did not answer a ping within 60 s")
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child-inline", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--skip-service", action="store_true")
+    args = ap.parse_args()
+    if args.direct:
+        return direct()
+    if args.child_inline:
+        return child_inline()
+    if not (corpus_dir() / "articles" / "zyte").is_dir():
+        raise SystemExit(f"bench: corpus not found at {corpus_dir()} (set NEWSWORKER_CORPUS)")
+
+    results: dict[str, dict | None] = {}
+    print("(a) trafilatura.extract, direct, one process …", flush=True)
+    seconds, out = run_measured([sys.executable, str(Path(__file__).resolve()), "--direct"])
+    results["a_direct"] = {**json.loads(out.strip().splitlines()[-1]), "wall_seconds": seconds}
+    server, base = start_devserver()
+    host_port = base.split("://", 1)[1]
+    try:
+        print("(b) newsworker fetch --all --inline, SQLite, one process …", flush=True)
+        results["b_inline"] = inline(base, host_port)
+        if not args.skip_peer:
+            print("(c) peer: mcmetadata.extract …", flush=True)
+            results["c_peer"] = peer()
+        if not args.skip_service:
+            print("(d) Celery worker, 2 processes, Redis + PostgreSQL, fetch --all --wait …", flush=True)
+            results["d_service"] = service(base, host_port)
+    finally:
+        server.terminate()
+    report(results)
+
+
+def report(r: dict) -> None:
+    a, b, c, d = r.get("a_direct"), r.get("b_inline"), r.get("c_peer"), r.get("d_service")
+    pps = lambda x, key="seconds": x["pages"] / x[key]  # noqa: E731
+    print("\n| run | pages | pages/s | token F1 | peak RSS MiB |")
+    print("|---|---|---|---|---|")
+    print(f"| (a) trafilatura.extract direct | {a['pages']} | {pps(a):.1f} | {a['f1']:.3f} | {a['peak_rss_mib']:.0f} |")
+    print(f"| (b) newsworker fetch --inline (whole process) | {b['pages']} | {pps(b):.1f} | {b['f1']:.3f} | {b['peak_rss_mib']:.0f} |")
+    if c:
+        print(f"| (c) peer mcmetadata.extract | {c['pages']} | {pps(c):.1f} | {c['f1']:.3f} | {c['peak_rss_mib']:.0f} |")
+    if d:
+        print(f"| (d) Celery 2 procs, Redis+PostgreSQL (fetch --wait) | {d['pages']} | {pps(d):.1f} | {d['f1']:.3f} | |")
+    print(f"\nratio b/a (pipeline vs bare extraction, pages/s): {pps(b) / pps(a):.2f}  (target ≥ 0.85)")
+    print(f"ratio b/a, time inside the command only: {pps(b, 'inner_seconds') / pps(a):.2f}")
+    if c:
+        print(f"ratio b/c (newsworker vs peer, pages/s): {pps(b) / pps(c):.2f}")
+    if d:
+        print(f"ratio d/b (service vs inline, pages/s): {pps(d) / pps(b):.2f}  (target ≥ 1.7)")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(r, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Drive newsworker as its users do: the CLI and a real Celery worker, as processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def base_env(var_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment for a newsworker process: nothing inherited from NEWSWORKER_*,
+    the given settings (keys without the prefix) added."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSWORKER_")}
+    env["NEWSWORKER_VAR_DIR"] = str(var_dir)
+    env.update({f"NEWSWORKER_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def cli(env: dict[str, str], *args: str, check: bool = True, input: str | None = None,
+        timeout: float = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "worker", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, input=input, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"newsworker {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def jsonl(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class WorkerProcess:
+    """`newsworker worker` in a subprocess; its log goes to a file for post-mortems."""
+
+    def __init__(self, env: dict[str, str], *args: str, log: Path):
+        self.log_path = log
+        self._log = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "worker", "worker", "--loglevel", "INFO", *args],
+                                     env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.env = env
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the worker exited with {self.proc.returncode}:\n{self.log()}")
+            if " ready." in self.log():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the worker was not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()

@@ -1,0 +1,114 @@
+"""The embedded default (SQLite, no server) driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.support.proc import base_env, cli, jsonl
+from worker.demo import mount_site
+
+SEED_TEXT = (Path(__file__).parent / "fixtures" / "seed_story.txt")
+
+
+@pytest.fixture
+def env(tmp_path, devserver):
+    env = base_env(tmp_path, allowed_private_hosts=devserver.host_port)
+    cli(env, "db", "upgrade")
+    return env
+
+
+def test_inline_fetch_then_conditional_get(env, devserver, tmp_path):
+    for url in mount_site(devserver):
+        cli(env, "feeds", "add", url)
+    first = cli(env, "fetch", "--all", "--inline")
+    assert "feeds polled: 3, entries seen: 7, articles new: 5, failures: 0" in first.stdout
+    devserver.clear_requests()
+    second = cli(env, "fetch", "--all", "--inline")
+    assert "entries seen: 0, articles new: 0, failures: 0" in second.stdout
+    assert [r.status for r in devserver.requests] == [304, 304, 304]
+
+    with sqlite3.connect(tmp_path / "newsworker.db") as db:
+        assert db.execute("select count(*) from articles").fetchone() == (5,)
+        assert db.execute("select count(*) from fetch_events where outcome = 'not_modified'").fetchone() == (3,)
+
+    defence = jsonl(cli(env, "articles", "list", "--tag", "defence", "--json").stdout)
+    titles = {a["title"] for a in defence}
+    assert "Azerbaijani Defence Minister meets Turkish delegation led by Deputy National Defence Minister" in titles
+    assert "Champions start title defence with late winner" not in titles
+    assert all(set(a) >= {"id", "url", "canonical_url", "feed_url", "title", "text", "author", "published_at",
+                          "language", "story_id", "tags"} for a in defence)
+    assert not jsonl(cli(env, "articles", "list", "--since", "2030-01-01", "--json").stdout)
+
+    health = jsonl(cli(env, "feeds", "list", "--json").stdout)
+    assert {f["last_status"] for f in health} == {"not_modified"}
+    assert all(f["last_success_at"] and f["next_fetch_at"] for f in health)
+
+
+def test_failures_are_recorded_with_clear_errors(env, devserver):
+    devserver.add("/broken.xml", b"<html><body>Not a feed at all</body></html>", content_type="text/html")
+    cli(env, "feeds", "add", f"{devserver.base_url}/broken.xml")
+    cli(env, "feeds", "add", f"{devserver.base_url}/gone.xml", "--name", "Gone")
+    out = cli(env, "fetch", "--all", "--inline", check=False)
+    assert "failures: 2" in out.stdout
+    feeds = {f["url"].rsplit("/", 1)[1]: f for f in jsonl(cli(env, "feeds", "list", "--json").stdout)}
+    assert feeds["broken.xml"]["last_status"] == "permanent" and "not a feed" in feeds["broken.xml"]["last_error"]
+    assert feeds["gone.xml"]["last_http_status"] == 404 and feeds["gone.xml"]["error_count"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (("fetch", "--feed", "999", "--inline"), "no feed '999'"),
+    (("feeds", "add", "file:///etc/passwd"), "must start with http:// or https://"),
+    (("feeds", "add", "http://127.0.0.1:9/feed.xml"), "NEWSWORKER_ALLOWED_PRIVATE_HOSTS"),
+    (("articles", "list", "--since", "yesterday"), "not an ISO-8601 date"),
+    (("fetch",), "--feed ID_OR_URL"),
+])
+def test_expected_errors_are_one_line_without_traceback(env, args, message):
+    done = cli(env, *args, check=False)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_opml_import_export_roundtrip(env):
+    root = Path(__file__).resolve().parents[1]
+    out = cli(env, "feeds", "import-opml", str(root / "config" / "feeds.opml")).stdout
+    again = cli(env, "feeds", "import-opml", str(root / "config" / "feeds.opml")).stdout
+    assert "feeds added" in out and " 0 feeds added" in again
+    exported = cli(env, "feeds", "export-opml").stdout
+    from worker.opml import parse_opml
+    assert parse_opml(exported.encode()) == parse_opml((root / "config" / "feeds.opml").read_bytes())
+    listed = jsonl(cli(env, "feeds", "list", "--json").stdout)
+    cli(env, "feeds", "remove", str(listed[0]["id"]))
+    assert len(jsonl(cli(env, "feeds", "list", "--json").stdout)) == len(listed) - 1
+
+
+def test_tag_command_reads_and_writes_json_lines(env):
+    lines = "\n".join(json.dumps(x) for x in [
+        {"id": "seed", "title": "Defence ministers meet", "text": SEED_TEXT.read_text()},
+        {"id": "football", "title": "Champions start title defence", "text": "The defenders held firm in the league match."},
+    ])
+    rows = {r["id"]: r for r in jsonl(cli(env, "tag", "-", input=lines).stdout)}
+    names = [t["name"] for t in rows["seed"]["tags"]]
+    assert names[0] == "defence" and "defence.diplomacy" in names
+    assert rows["seed"]["tags"][0]["evidence"]
+    assert rows["football"]["tags"] == []
+
+
+def test_demo_ingests_through_an_embedded_worker(tmp_path):
+    """`make demo`: the sample site through a real worker on the SQLite broker."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSWORKER_")}
+    env["NEWSWORKER_DEMO_DIR"] = str(tmp_path / "demo")
+    done = subprocess.run([sys.executable, "-m", "worker.demo"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "articles new: 5" in done.stdout
+    assert "defence stories found" in done.stdout
+    assert "Azerbaijani Defence Minister meets Turkish delegation" in done.stdout
+    assert "Champions start title defence" not in done.stdout

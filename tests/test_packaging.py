@@ -1,0 +1,62 @@
+"""The deployment files: docker compose (no engine here, so checked structurally),
+the Celery configuration and the migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+import yaml
+from sqlmodel import SQLModel
+
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compose_has_services_healthchecks_and_exactly_one_beat():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "postgres", "migrate", "worker", "beat"} <= set(services)
+    for name in ("redis", "postgres", "worker"):
+        assert services[name]["healthcheck"]["test"]
+    assert services["beat"]["command"] == ["newsworker", "beat"]
+    assert services["beat"].get("deploy", {}).get("replicas") == 1
+    assert sum("beat" in " ".join(map(str, s.get("command", []))) for s in services.values()) == 1
+    for name, svc in services.items():
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown service {dep}"
+    env = compose["x-newsworker"]["environment"]
+    fields = {f"NEWSWORKER_{k.upper()}" for k in Settings.model_fields}
+    assert set(env) <= fields
+    assert env["NEWSWORKER_BROKER_URL"].startswith("redis://")
+
+
+def test_celery_config_routes_tasks_to_separate_queues():
+    from worker.celery_app import app
+
+    conf = app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert conf.task_routes["worker.tasks.poll_feed"]["queue"] == "feeds"
+    assert conf.task_routes["worker.tasks.process_entry"]["queue"] == "articles"
+    import worker.tasks as tasks
+
+    for t in (tasks.dispatch_due_feeds, tasks.poll_feed, tasks.process_entry):
+        assert t.time_limit and t.soft_time_limit and t.soft_time_limit < t.time_limit
+
+
+def test_migrations_match_the_models(tmp_path):
+    """Upgrading an empty database yields exactly the tables and columns the models declare."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from worker import models  # noqa: F401
+    from worker.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    engine.dispose()
+    assert diff == []
