@@ -1,11 +1,14 @@
 """Celery settings an operator may tune (loaded by worker.celery_app; broker and
 result backend come from NEWSWORKER_BROKER_URL / NEWSWORKER_RESULT_BACKEND)."""
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 # Separate queues so slow article pages never starve feed polling.  Run dedicated
 # workers with `newsworker worker --queues feeds` / `--queues articles` to scale each.
-task_queues = (Queue("feeds"), Queue("articles"))
+task_queues = (
+    Queue("feeds", Exchange("feeds"), routing_key="feeds"),
+    Queue("articles", Exchange("articles"), routing_key="articles"),
+)
 task_default_queue = "feeds"
 task_routes = {
     "worker.tasks.dispatch_due_feeds": {"queue": "feeds"},

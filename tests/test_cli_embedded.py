@@ -37,7 +37,8 @@ def test_inline_fetch_then_conditional_get(env, devserver, tmp_path):
 
     defence = jsonl(cli(env, "articles", "list", "--tag", "defence", "--json").stdout)
     titles = {a["title"] for a in defence}
-    assert "Azerbaijani Defence Minister meets Turkish delegation led by Deputy National Defence Minister" in titles
+    # The title is the first listing's: the Atom feed (polled first) shortens the headline.
+    assert any(t.startswith("Azerbaijani Defence Minister meets Turkish delegation") for t in titles)
     assert "Champions start title defence with late winner" not in titles
     assert all(set(a) >= {"id", "url", "canonical_url", "feed_url", "title", "text", "author", "published_at",
                           "language", "story_id", "tags"} for a in defence)
@@ -110,5 +111,8 @@ def test_demo_ingests_through_an_embedded_worker(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "articles new: 5" in done.stdout
     assert "defence stories found" in done.stdout
-    assert "Azerbaijani Defence Minister meets Turkish delegation" in done.stdout
+    # The seed story (under whichever of its three listings was stored first), with its evidence.
+    assert "2 defence stories found" in done.stdout
+    assert "hasanov-tufekci-meeting" in done.stdout or "az-tr-defence-talks" in done.stdout
+    assert "Colonel General" in done.stdout and "defence.diplomacy" in done.stdout
     assert "Champions start title defence" not in done.stdout

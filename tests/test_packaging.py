@@ -60,3 +60,11 @@ def test_migrations_match_the_models(tmp_path):
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_each_queue_has_its_own_routing_key():
+    """Two queues bound to one exchange and key would each get a copy of every message."""
+    from worker.celery_app import app
+
+    keys = [(q.exchange.name, q.routing_key) for q in app.conf.task_queues]
+    assert len(set(keys)) == len(keys) == 2

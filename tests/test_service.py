@@ -12,6 +12,7 @@ from worker.demo import mount_site
 pytestmark = pytest.mark.services
 
 SEED_PATH = "/news/hasanov-tufekci-meeting.html"
+MIRROR_PATH = "/mirror/az-tr-defence-talks.html"
 
 
 @pytest.fixture
@@ -39,20 +40,22 @@ def test_fetch_through_celery_stores_clean_tagged_articles_once(devserver, servi
     assert "queued poll task" in first
     assert "feeds polled: 3, entries seen: 7, articles new: 5, failures: 0" in first, first
 
-    articles = {a["url"].split("?")[0].removeprefix(devserver.base_url): a
+    articles = {a["canonical_url"].removeprefix(devserver.base_url): a
                 for a in jsonl(cli(service_env, "articles", "list", "--json", "--limit", "100").stdout)}
     # The mirror's exact copy joined the seed article; the rest are separate stories.
     assert len(articles) == 5
-    seed = articles[SEED_PATH]
-    assert seed["canonical_url"] == devserver.base_url + SEED_PATH          # utm_* parameters dropped
+    # The seed page and the mirror's exact copy are one article, under whichever was stored first.
+    seed = next(a for a in articles.values() if "Zakir Hasanov" in a["text"])
+    copies = {devserver.base_url + SEED_PATH, devserver.base_url + MIRROR_PATH}
+    assert seed["canonical_url"] in copies
     assert "Colonel General Zakir Hasanov" in seed["text"]
     for boilerplate in ("ADVERTISEMENT", "Subscribe now", "All rights reserved", "Most read", "Cookie settings"):
         assert boilerplate not in seed["text"]
-    assert seed["author"] == "Staff reporter"
-    assert seed["published_at"].startswith("2024-01-17T13:21")
+    assert seed["author"] in ("Staff reporter", "Wire service")
+    assert seed["published_at"].startswith("2024-01-17T")
     assert seed["language"] == "en"
     assert seed["text_source"] == "page"
-    assert seed["feed_url"] == f"{devserver.base_url}/feeds/world.rss"
+    assert seed["feed_url"] in feeds
     defence = {t["name"]: t for t in seed["tags"]}
     assert "defence" in defence and defence["defence"]["evidence"]
     assert defence["defence"]["score"] > 0
@@ -69,8 +72,9 @@ def test_fetch_through_celery_stores_clean_tagged_articles_once(devserver, servi
         seed_feeds = db.execute(sa.text(
             "select count(*) from article_feeds where article_id = :id"), {"id": seed["id"]}).scalar()
         assert seed_feeds == 3          # world.rss, sport.atom, and the exact copy in wire.json
-        assert db.execute(sa.text("select count(*) from article_urls where article_id = :id"),
-                          {"id": seed["id"]}).scalar() == 2
+        urls = db.execute(sa.text("select canonical_url from article_urls where article_id = :id"),
+                          {"id": seed["id"]}).scalars().all()
+        assert set(urls) == copies      # utm_* and #fragment variants canonicalised away
 
     # Second poll: conditional GET answered 304, nothing stored twice.
     devserver.clear_requests()

@@ -29,8 +29,9 @@ class _Config:
             values["result_backend"] = settings.result_backend
             values["beat_schedule_filename"] = str(settings.var_dir / "celerybeat-schedule")
             if settings.embedded:
-                # kombu's SQLAlchemy transport polls its table; keep latency low.
-                values.setdefault("broker_transport_options", {})["polling_interval"] = 0.2
+                # kombu's SQLAlchemy transport hands its options to create_engine(), and
+                # has no visibility timeout: Redis-only options must not reach it.
+                values["broker_transport_options"] = {}
             self._values = values
         return self._values
 

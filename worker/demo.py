@@ -48,17 +48,19 @@ def main() -> None:
         feeds = mount_site(server)
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSWORKER_")}
         env.update(NEWSWORKER_VAR_DIR=str(var), NEWSWORKER_ALLOWED_PRIVATE_HOSTS=server.host_port)
-        print(f"demo: serving the sample site at {server.base_url}; data in {var}")
+        print(f"demo: serving the sample site at {server.base_url}; data and worker log in {var}")
         _cli("db", "upgrade", env=env)
         for url in feeds:
             _cli("feeds", "add", url, env=env)
-        worker = subprocess.Popen([sys.executable, "-m", "worker", "worker", "--concurrency", "2", "--loglevel", "WARNING"],
-                                  env=env)
+        log = open(var / "worker.log", "w")
+        worker = subprocess.Popen([sys.executable, "-m", "worker", "worker", "--concurrency", "2", "--loglevel", "INFO"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             print(_cli("fetch", "--all", "--wait", "--timeout", "300", env=env), end="")
         finally:
             worker.terminate()
             worker.wait(timeout=60)
+            log.close()
         rows = [json.loads(line) for line in _cli("articles", "list", "--tag", "defence", "--json", env=env).splitlines()]
     print(f"\n{len(rows)} defence stories found:")
     for row in rows:
