@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import httpx
 from sqlmodel import Session
@@ -18,7 +18,7 @@ from sqlmodel import Session
 from . import http, store
 from .dedupe import content_hash
 from .errors import BlockedURL, FeedParseError, FetchError, PermanentFetchError, TemporaryFetchError
-from .extract import Extracted, clean_text, detect_language, extract_page, html_to_text
+from .extract import Extracted, clean_text, detect_language, extract_page, html_to_text, load_html
 from .feeds import ParsedEntry, parse_feed
 from .models import Feed, utcnow
 from .schedule import NOT_MODIFIED, OK, PERMANENT, TEMPORARY, PollOutcome, next_state
@@ -119,19 +119,55 @@ def record_poll(session: Session, feed: Feed, outcome: PollOutcome, started, dur
 
 # ---------------------------------------------------------------- entries
 
+@dataclass
+class Page:
+    """An article page as fetched: the response, or the reason there is none."""
+
+    url: str
+    result: Optional[http.FetchResult] = None
+    error: Optional[FetchError] = None
+    tree: Any = None          # the parsed HTML (lxml), when parsed ahead
+
+
+def parse_page(page: Page) -> Page:
+    """Parse the page's HTML now.  lxml releases the GIL while parsing, so pages
+    fetched ahead in threads are parsed there, in parallel with extraction."""
+    if page.result is not None and page.tree is None:
+        page.tree = load_html(page.result.content)
+    return page
+
+
+def fetch_page(client: httpx.Client, url: str, settings: Settings) -> Page:
+    """GET an article page.  Never raises ``FetchError``: a failure is kept in the value,
+    so pages can be fetched ahead (in threads) of the step that uses them."""
+    try:
+        result = http.get(client, url, max_bytes=settings.max_page_bytes,
+                          allowed_private_hosts=settings.allowed_private_hosts, accept=PAGE_ACCEPT)
+        ctype = result.content_type.lower()
+        if ctype and not any(t in ctype for t in _HTML_TYPES):
+            raise PermanentFetchError(url, f"not an HTML page (Content-Type {result.content_type})", status=result.status)
+        return Page(url, result)
+    except FetchError as exc:
+        return Page(url, error=exc)
+
+
 def process_entry(
     session: Session, client: httpx.Client, feed_id: int, entry: ParsedEntry, tagger: Tagger, settings: Settings,
-    *, fallback_on_temporary: bool = True,
+    *, fallback_on_temporary: bool = True, page: Optional[Page] = None,
 ) -> EntryResult:
     """Store one feed entry as an article (or link it to the article it duplicates).
-    With ``fallback_on_temporary=False`` a temporary page-fetch error is raised so the
-    caller can retry later; otherwise the feed's own content is used."""
+    *page* is the entry's page when already fetched.  With ``fallback_on_temporary=False``
+    a temporary page-fetch error is raised so the caller can retry later; otherwise the
+    feed's own content is used."""
     canonical = canonicalise(entry.link)
-    existing = store.known_article(session, [canonical])
-    if existing is not None:
-        store.link_feed(session, existing, feed_id, entry.guid, entry.link)
-        return EntryResult(existing, False)
-    draft = make_article(client, entry, canonical, settings, fallback_on_temporary=fallback_on_temporary)
+    if page is None:
+        # Not fetched yet: a known URL (a redelivered task, another feed's entry) needs no fetch.
+        existing = store.known_article(session, [canonical])
+        if existing is not None:
+            store.link_feed(session, existing, feed_id, entry.guid, entry.link)
+            return EntryResult(existing, False)
+        page = fetch_page(client, entry.link, settings)
+    draft = make_article(entry, canonical, page, settings, fallback_on_temporary=fallback_on_temporary)
     if draft.canonical_url != canonical:
         existing = store.known_article(session, [draft.canonical_url])
         if existing is not None:
@@ -143,34 +179,23 @@ def process_entry(
     return EntryResult(article_id, created, draft.text_source, draft.fetch_error)
 
 
-def fetch_page(client: httpx.Client, url: str, settings: Settings) -> tuple[Optional[Extracted], str]:
-    """Fetch and extract an article page: (extracted or None, final URL).
-    Raises ``FetchError`` when the page cannot be had."""
-    page = http.get(client, url, max_bytes=settings.max_page_bytes,
-                    allowed_private_hosts=settings.allowed_private_hosts, accept=PAGE_ACCEPT)
-    ctype = page.content_type.lower()
-    if ctype and not any(t in ctype for t in _HTML_TYPES):
-        raise PermanentFetchError(url, f"not an HTML page (Content-Type {page.content_type})", status=page.status)
-    return extract_page(page.content, page.final_url), page.final_url
-
-
 def make_article(
-    client: httpx.Client, entry: ParsedEntry, canonical: str, settings: Settings, *, fallback_on_temporary: bool = True
+    entry: ParsedEntry, canonical: str, page: Page, settings: Settings, *, fallback_on_temporary: bool = True
 ) -> store.ArticleDraft:
-    """The article for *entry*: the page's text when it can be fetched and extracted,
+    """The article for *entry*: the page's text when it was fetched and has an article,
     else the feed's own content, and a note of which and why."""
     extracted: Optional[Extracted] = None
     fetch_error: Optional[str] = None
     aliases: set[str] = set()
-    try:
-        extracted, final_url = fetch_page(client, entry.link, settings)
-        aliases.add(canonicalise(final_url))
+    if page.error is not None:
+        if isinstance(page.error, TemporaryFetchError) and not fallback_on_temporary:
+            raise page.error
+        fetch_error = str(page.error)
+    elif page.result is not None:
+        extracted = extract_page(page.tree if page.tree is not None else page.result.content, page.result.final_url)
+        aliases.add(canonicalise(page.result.final_url))
         if extracted is None:
             fetch_error = f"{entry.link}: no article text found on the page"
-    except FetchError as exc:
-        if isinstance(exc, TemporaryFetchError) and not fallback_on_temporary:
-            raise
-        fetch_error = str(exc)
 
     feed_content = html_to_text(entry.content).strip()
     if extracted is not None and len(extracted.text) >= len(feed_content) / 2:

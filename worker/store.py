@@ -173,26 +173,26 @@ def save_article(
     """Store *draft* (or find the article it duplicates) and link it to the feed.
     Returns (article_id, created)."""
     now = utcnow()
+    # The story first, so the article is inserted complete in one statement.
+    story = session.execute(sa.insert(Story).values(created_at=now).returning(Story.id)).scalar_one()
     row = insert_ignore(
         session, Article,
         {"url": draft.url, "canonical_url": draft.canonical_url, "guid": draft.guid, "feed_id": feed_id,
          "title": draft.title, "text": draft.text, "summary": draft.summary, "author": draft.author,
          "site_name": draft.site_name, "published_at": draft.published_at, "language": draft.language,
          "content_hash": draft.content_hash, "text_source": draft.text_source, "fetch_error": draft.fetch_error,
-         "fetched_at": now, "created_at": now},
+         "fetched_at": now, "created_at": now, "story_id": story},
         Article.id,
     )
     created = row is not None
     if created:
         article_id = row[0]
-        story = session.execute(
-            sa.insert(Story).values(representative_article_id=article_id, created_at=now).returning(Story.id)
-        ).scalar_one()
-        session.execute(sa.update(Article).where(Article.id == article_id).values(story_id=story))
+        session.execute(sa.update(Story).where(Story.id == story).values(representative_article_id=article_id))
         if tags:
             insert_ignore(session, Tag, [_tag_row(article_id, t, tagger_version, now) for t in tags])
     else:
         # Same canonical URL stored meanwhile, or an exact copy of stored text.
+        session.execute(sa.delete(Story).where(Story.id == story))
         cond = Article.canonical_url == draft.canonical_url
         if draft.content_hash:
             cond = sa.or_(cond, Article.content_hash == draft.content_hash)

@@ -37,6 +37,7 @@ Scoring (``defence`` and each sub-tag alike)
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import re
@@ -51,6 +52,8 @@ import yaml
 from .errors import ConfigError
 
 RULES_VERSION_PREFIX = "rules-1.0"
+# libyaml when PyYAML was built with it: the rules file is large and parsed at every start.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 __all__ = ["TagResult", "Tagger", "load_tagger", "fold"]
 
@@ -116,23 +119,39 @@ def fold(text: str) -> str:
     return unicodedata.normalize("NFC", text).translate(_TABLE)
 
 
-def _fold_with_map(text: str) -> tuple[str, list[int] | None]:
-    """Folded text and, when lengths differ char by char, the map folded index → original index.
+class _OffsetMap:
+    """Folded offset → original offset, for texts where some characters fold to
+    several (``…`` → ``...``, ``ß`` → ``ss``).  Only those characters are recorded
+    (found by a C-level regex scan), so long texts cost next to nothing."""
 
-    Returns ``(folded, None)`` when folded[i] corresponds to text[i] for every i."""
+    def __init__(self, marks: list[tuple[int, int]]):
+        self._folded_after = [f for f, _ in marks]
+        self._marks = marks
+
+    def __getitem__(self, folded_pos: int) -> int:
+        k = bisect.bisect_right(self._folded_after, folded_pos) - 1
+        if k < 0:
+            return folded_pos
+        f_after, o_after = self._marks[k]
+        return o_after + (folded_pos - f_after)
+
+
+def _fold_with_map(text: str) -> tuple[str, _OffsetMap | None]:
+    """Folded text and, when some character folds to several, the offset map back to
+    *text*.  Returns ``(folded, None)`` when folded[i] corresponds to text[i] for every i."""
     if text.isascii():
         return text.lower().replace("`", "'"), None
     folded = text.translate(_TABLE)
-    if len(folded) == len(text) and all(len(_TABLE[ord(c)]) == 1 for c in set(text)):
+    # Only the few distinct characters that expand need positions (set() is C-level).
+    multi = [c for c in set(text) if ord(c) > 127 and len(_TABLE[ord(c)]) != 1]
+    if not multi:
         return folded, None
-    pieces: list[str] = []
-    index: list[int] = []
-    for i, c in enumerate(text):
-        f = _TABLE[ord(c)]
-        pieces.append(f)
-        index.extend([i] * len(f))
-    index.append(len(text))
-    return "".join(pieces), index
+    marks: list[tuple[int, int]] = []
+    shift = 0
+    for m in re.finditer("[" + re.escape("".join(multi)) + "]", text):
+        shift += len(_TABLE[ord(m.group())]) - 1
+        marks.append((m.end() + shift, m.end()))
+    return folded, _OffsetMap(marks)
 
 
 # ---------------------------------------------------------------- rules
@@ -285,7 +304,7 @@ class Tagger:
         except OSError as exc:
             raise ConfigError(f"cannot read tagging rules {path}: {exc}") from None
         try:
-            config = yaml.safe_load(raw.decode("utf-8"))
+            config = yaml.load(raw.decode("utf-8"), Loader=_YAML_LOADER)
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(config, dict):

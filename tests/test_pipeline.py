@@ -1,0 +1,111 @@
+"""The core steps called directly, as the tasks call them: a real local server,
+a real SQLite database, a real httpx client."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlmodel import select
+
+from worker import http, pipeline, store
+from worker.db import session_scope
+from worker.errors import BlockedURL, PermanentFetchError, TemporaryFetchError
+from worker.feeds import ParsedEntry
+from worker.migrate import upgrade
+from worker.models import Article, Feed, FetchEvent
+from worker.schedule import TEMPORARY
+from worker.settings import Settings
+from worker.tagging import load_tagger
+
+
+@pytest.fixture
+def setup(tmp_path, devserver):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    upgrade(url)
+    settings = Settings(database_url=url, var_dir=tmp_path, allowed_private_hosts=[devserver.host_port],
+                        max_page_bytes=50_000)
+    with http.make_client(settings) as client:
+        yield settings, client, url
+
+
+def get(client, url, settings, **kw):
+    return http.get(client, url, max_bytes=settings.max_page_bytes,
+                    allowed_private_hosts=settings.allowed_private_hosts, **kw)
+
+
+def test_every_redirect_hop_is_checked(setup, devserver):
+    settings, client, _ = setup
+    devserver.add("/hop", b"", status=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
+    with pytest.raises(BlockedURL, match="169.254.169.254"):
+        get(client, f"{devserver.base_url}/hop", settings)
+    devserver.add("/ok", b"<p>fine</p>")
+    devserver.add("/hop2", b"", status=301, headers={"Location": "/ok"})
+    assert get(client, f"{devserver.base_url}/hop2", settings).final_url.endswith("/ok")
+
+
+def test_status_codes_become_temporary_or_permanent_errors(setup, devserver):
+    settings, client, _ = setup
+    devserver.add("/busy", b"slow down", status=429, headers={"Retry-After": "120"})
+    devserver.add("/gone", b"gone", status=410)
+    devserver.add("/big", b"x" * 60_000)
+    with pytest.raises(TemporaryFetchError) as busy:
+        get(client, f"{devserver.base_url}/busy", settings)
+    assert busy.value.retry_after == 120 and busy.value.status == 429
+    with pytest.raises(PermanentFetchError, match="HTTP 410"):
+        get(client, f"{devserver.base_url}/gone", settings)
+    with pytest.raises(PermanentFetchError, match="cap"):
+        get(client, f"{devserver.base_url}/big", settings)
+
+
+def test_poll_outcome_429_backs_off_at_least_retry_after(setup, devserver):
+    settings, client, url = setup
+    devserver.add("/feed.xml", b"busy", status=429, headers={"Retry-After": "3600"})
+    with session_scope(url) as s:
+        feed, _ = store.add_feed(s, f"{devserver.base_url}/feed.xml")
+        fid = feed.id
+    with session_scope(url) as s:
+        result = pipeline.poll_feed(s, client, fid, settings)
+    assert result.outcome.status == TEMPORARY
+    with session_scope(url) as s:
+        feed = s.get(Feed, fid)
+        assert feed.error_count == 1 and feed.queued_at is None
+        assert feed.next_fetch_at - feed.last_fetch_at >= timedelta(seconds=3600)
+        assert s.exec(select(FetchEvent.outcome, FetchEvent.http_status)).all() == [("temporary", 429)]
+
+
+def test_redelivered_entry_is_stored_once_and_oversized_page_falls_back(setup, devserver):
+    settings, client, url = setup
+    devserver.add("/huge.html", b"<html><body>" + b"<p>word </p>" * 10_000 + b"</body></html>")
+    with session_scope(url) as s:
+        feed, _ = store.add_feed(s, f"{devserver.base_url}/feed.xml")
+        fid = feed.id
+    entry = ParsedEntry(link=f"{devserver.base_url}/huge.html", title="Huge", guid="g1",
+                        summary="<p>The feed's own summary of the story, long enough to keep.</p>")
+    tagger = load_tagger()
+    results = []
+    for _ in range(2):  # a task delivered twice
+        with session_scope(url) as s:
+            results.append(pipeline.process_entry(s, client, fid, entry, tagger, settings))
+    assert results[0].created and not results[1].created
+    assert results[0].article_id == results[1].article_id
+    with session_scope(url) as s:
+        (article,) = s.exec(select(Article)).all()
+    assert article.text_source == "feed_summary"
+    assert "cap" in article.fetch_error and "huge.html" in article.fetch_error
+    assert len(devserver.requests_for("/huge.html")) == 1     # the second delivery fetched nothing
+
+
+def test_temporary_page_error_is_raised_for_a_retry_when_asked(setup, devserver):
+    settings, client, url = setup
+    devserver.add("/flaky.html", b"oops", status=503)
+    with session_scope(url) as s:
+        feed, _ = store.add_feed(s, f"{devserver.base_url}/feed.xml")
+        fid = feed.id
+    entry = ParsedEntry(link=f"{devserver.base_url}/flaky.html", title="Flaky", summary="A summary of the story here.")
+    with pytest.raises(TemporaryFetchError, match="HTTP 503"):
+        with session_scope(url) as s:
+            pipeline.process_entry(s, client, fid, entry, load_tagger(), settings, fallback_on_temporary=False)
+    with session_scope(url) as s:
+        r = pipeline.process_entry(s, client, fid, entry, load_tagger(), settings)
+    assert r.created and r.text_source == "feed_summary" and "HTTP 503" in r.fetch_error
