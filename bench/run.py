@@ -122,6 +122,37 @@ def child_inline() -> None:
     print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib()}))
 
 
+# ---------------------------------------------------------------- (e)
+
+def tagging_cost() -> dict:
+    """Child mode: per-article cost of extraction, tagging and entity extraction on the
+    same 181 pages (the pipeline's own functions), one process."""
+    from worker.entities import extract_entities
+    from worker.extract import detect_language, extract_page
+    from worker.tagging import load_tagger
+
+    tagger = load_tagger()
+    detect_language("warming up the language identification model")
+    pages = zyte_pages()
+    t0 = time.perf_counter()
+    docs = [d for d in (extract_page(html, url) for _, url, html, _ in pages) if d]
+    t_extract = time.perf_counter() - t0
+    langs = [detect_language(f"{d.title or ''}\n{d.text}") for d in docs]
+    extract_entities(docs[0].title, docs[0].text, langs[0])      # compile once, outside the timing
+    tagger.tag(docs[0].title, docs[0].text, langs[0])
+    t0 = time.perf_counter()
+    for d, lang in zip(docs, langs):
+        tagger.tag(d.title, d.text, lang)
+    t_tag = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for d, lang in zip(docs, langs):
+        extract_entities(d.title, d.text, lang)
+    t_entities = time.perf_counter() - t0
+    n = len(docs)
+    print(json.dumps({"articles": n, "extract_ms": 1000 * t_extract / len(pages), "tag_ms": 1000 * t_tag / n,
+                      "entities_ms": 1000 * t_entities / n}))
+
+
 # ---------------------------------------------------------------- (c)
 
 def peer() -> dict | None:
@@ -194,6 +225,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-inline", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--tagging-cost", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-service", action="store_true")
     args = ap.parse_args()
@@ -201,6 +233,8 @@ def main() -> None:
         return direct()
     if args.child_inline:
         return child_inline()
+    if args.tagging_cost:
+        return tagging_cost()
     if not (corpus_dir() / "articles" / "zyte").is_dir():
         raise SystemExit(f"bench: corpus not found at {corpus_dir()} (set NEWSWORKER_CORPUS)")
 
@@ -208,6 +242,9 @@ def main() -> None:
     print("(a) trafilatura.extract, direct, one process …", flush=True)
     seconds, out = run_measured([sys.executable, str(Path(__file__).resolve()), "--direct"])
     results["a_direct"] = {**json.loads(out.strip().splitlines()[-1]), "wall_seconds": seconds}
+    print("(e) tagging and entity extraction vs extraction, per article …", flush=True)
+    _, out = run_measured([sys.executable, str(Path(__file__).resolve()), "--tagging-cost"])
+    results["e_tagging"] = json.loads(out.strip().splitlines()[-1])
     server, base = start_devserver()
     host_port = base.split("://", 1)[1]
     try:
@@ -248,6 +285,12 @@ def report(r: dict) -> None:
     if d:
         print(f"d/b whole command (service vs inline; target ≥ 1.7): {pps(d, 'seconds') / pps(b, 'seconds'):.2f}")
         print(f"d/b, service whole command vs inline steady: {pps(d, 'seconds') / pps(b, 'inner_seconds'):.2f}")
+    e = r.get("e_tagging")
+    if e:
+        print(f"\n(e) per article on {e['articles']} pages: extraction {e['extract_ms']:.2f} ms, tagging {e['tag_ms']:.2f} ms, "
+              f"entities {e['entities_ms']:.2f} ms")
+        print(f"tagging / extraction (target < 5%): {100 * e['tag_ms'] / e['extract_ms']:.1f}%;  "
+              f"tagging + entities / extraction: {100 * (e['tag_ms'] + e['entities_ms']) / e['extract_ms']:.1f}%")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(r, indent=2))

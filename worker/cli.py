@@ -205,15 +205,16 @@ def _fetch_inline(feed_ids: list[int]) -> Any:
 def articles_list(
     tag: Optional[str] = typer.Option(None, "--tag", help="Only articles with this tag, e.g. defence."),
     since: Optional[str] = typer.Option(None, "--since", help="Published (or stored) at or after, ISO-8601."),
+    country: Optional[str] = typer.Option(None, "--country", help="Only stories about this country (ISO code, e.g. AZ)."),
     limit: int = typer.Option(50, "--limit", min=1),
     as_json: bool = typer.Option(False, "--json", help="JSON Lines, one article per line."),
 ) -> None:
-    """Stored articles, newest first."""
+    """Stored articles, newest first, with tags (score, evidence) and entities."""
     from .db import session_scope
     from .store import list_articles
 
     with session_scope() as s:
-        rows = list_articles(s, tag=tag, since=_parse_since(since), limit=limit)
+        rows = list_articles(s, tag=tag, since=_parse_since(since), limit=limit, country=country)
     if as_json:
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))
@@ -231,7 +232,9 @@ def articles_list(
 @app.command("tag")
 def tag(path: str = typer.Argument("-", help="JSON Lines file of {id, title, text}; - for standard input.")) -> None:
     """Tag stories with the pipeline's tagger: prints {id, tags} per line."""
+    from .entities import extract_entities
     from .extract import detect_language
+    from .store import entities_by_kind
     from .tagging import load_tagger
 
     tagger = load_tagger()
@@ -247,13 +250,25 @@ def tag(path: str = typer.Argument("-", help="JSON Lines file of {id, title, tex
             title, text = item.get("title") or "", item.get("text") or ""
             language = item.get("language") or detect_language(f"{title}\n{text}")
             tags = tagger.tag(title, text, language)
-            print(json.dumps({"id": item.get("id"), "tags": [tag_dict(t, tagger.version) for t in tags]},
-                             ensure_ascii=False))
+            print(json.dumps({"id": item.get("id"), "language": language,
+                              "tags": [tag_dict(t, tagger.version) for t in tags],
+                              **entities_by_kind(extract_entities(title, text, language))}, ensure_ascii=False))
 
 
 def tag_dict(t: Any, version: str) -> dict[str, Any]:
     return {"name": t.name, "score": t.score, "evidence": list(t.evidence), "iptc_code": t.iptc_code,
             "tagger_version": version, "details": t.details}
+
+
+@app.command("retag")
+def retag(since: Optional[str] = typer.Option(None, "--since", help="Only articles published (or stored) since, ISO-8601.")) -> None:
+    """Re-tag stored articles after the rules changed; records the new tagger version."""
+    from . import runner
+
+    with Progress(TextColumn("re-tagging"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as progress:
+        bar = progress.add_task("retag", total=None)
+        count, version = runner.retag(_parse_since(since), lambda done, total: progress.update(bar, completed=done, total=total))
+    out.print(f"re-tagged {count} articles with tagger {version}")
 
 
 # ---------------------------------------------------------------- celery

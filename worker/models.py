@@ -162,3 +162,25 @@ class Tag(SQLModel, table=True):
     iptc_code: Optional[str] = Field(default=None, sa_type=sa.Text)
     tagger_version: str = Field(sa_type=sa.Text)
     created_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class ArticleEntity(SQLModel, table=True):
+    """Countries, defence officials and organisations a story is about."""
+
+    __tablename__ = "entities"
+    __table_args__ = (
+        sa.UniqueConstraint("article_id", "kind", "name", name="uq_entities_article_kind_name"),
+        sa.Index("ix_entities_kind_code", "kind", "code"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    article_id: int = Field(foreign_key="articles.id", index=True, ondelete="CASCADE")
+    kind: str = Field(sa_type=sa.Text)                    # country | official | organisation
+    name: str = Field(sa_type=sa.Text, index=True)
+    code: Optional[str] = Field(default=None, sa_type=sa.Text)    # ISO 3166-1 alpha-2 (the official's or organisation's country)
+    role: Optional[str] = Field(default=None, sa_type=sa.Text)
+    rank: Optional[str] = Field(default=None, sa_type=sa.Text)
+    evidence: list[str] = Field(default_factory=list, sa_type=sa.JSON)
+    mentions: int = 1
+    tagger_version: str = Field(sa_type=sa.Text)
+    created_at: datetime = _ts(nullable=False, default=utcnow)

@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from . import http, store
 from .dedupe import content_hash
+from .entities import extract_entities
 from .errors import BlockedURL, FeedParseError, FetchError, PermanentFetchError, TemporaryFetchError
 from .extract import Extracted, clean_text, detect_language, extract_page, html_to_text, load_html
 from .feeds import ParsedEntry, parse_feed
@@ -175,7 +176,8 @@ def process_entry(
             store.link_feed(session, existing, feed_id, entry.guid, entry.link)
             return EntryResult(existing, False)
     tags = tagger.tag(draft.title, draft.text, draft.language)
-    article_id, created = store.save_article(session, draft, feed_id, tags, tagger.version)
+    entities = extract_entities(draft.title, draft.text, draft.language)
+    article_id, created = store.save_article(session, draft, feed_id, tags, entities, tagger.version)
     return EntryResult(article_id, created, draft.text_source, draft.fetch_error)
 
 

@@ -144,3 +144,36 @@ def run_inline(feed_ids: list[int], on_event: Optional[Callable[..., None]] = No
                 notify("entry", entry.link)
             notify("feed", f"feed {fid}: {o.status}")
     return summary
+
+
+def retag(since: Optional[datetime] = None, on_progress: Optional[Callable[[int, int], None]] = None,
+          batch: int = 200) -> tuple[int, str]:
+    """Re-tag stored articles (published or stored at or after *since*) with the current
+    rules, replacing their tags and entities.  One transaction per batch; returns
+    (articles re-tagged, tagger version)."""
+    import sqlalchemy as sa
+
+    from .entities import extract_entities
+    from .models import Article
+    from .tagging import load_tagger
+
+    tagger = load_tagger()
+    cond = sa.true() if since is None else sa.func.coalesce(Article.published_at, Article.created_at) >= since
+    with session_scope() as s:
+        total = s.execute(sa.select(sa.func.count()).select_from(Article).where(cond)).scalar_one()
+    done, last_id = 0, 0
+    while True:
+        with session_scope() as s:
+            rows = s.execute(
+                sa.select(Article.id, Article.title, Article.text, Article.language)
+                .where(cond, Article.id > last_id).order_by(Article.id).limit(batch)
+            ).all()
+            for aid, title, text, language in rows:
+                store.replace_analysis(s, aid, tagger.tag(title, text, language),
+                                       extract_entities(title, text, language), tagger.version)
+        if not rows:
+            return done, tagger.version
+        done += len(rows)
+        last_id = rows[-1][0]
+        if on_progress:
+            on_progress(done, total)

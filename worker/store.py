@@ -13,9 +13,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from .errors import FeedNotFound
-from .models import Article, ArticleFeed, ArticleURL, Feed, FetchEvent, Story, Tag, utcnow
+from .models import Article, ArticleEntity, ArticleFeed, ArticleURL, Feed, FetchEvent, Story, Tag, utcnow
 
 if TYPE_CHECKING:
+    from .entities import Entity
     from .tagging import TagResult
 
 
@@ -168,7 +169,8 @@ def link_feed(session: Session, article_id: int, feed_id: int, guid: Optional[st
 
 
 def save_article(
-    session: Session, draft: ArticleDraft, feed_id: int, tags: Sequence[TagResult], tagger_version: str
+    session: Session, draft: ArticleDraft, feed_id: int, tags: Sequence[TagResult], entities: Sequence[Entity],
+    tagger_version: str,
 ) -> tuple[int, bool]:
     """Store *draft* (or find the article it duplicates) and link it to the feed.
     Returns (article_id, created)."""
@@ -188,8 +190,7 @@ def save_article(
     if created:
         article_id = row[0]
         session.execute(sa.update(Story).where(Story.id == story).values(representative_article_id=article_id))
-        if tags:
-            insert_ignore(session, Tag, [_tag_row(article_id, t, tagger_version, now) for t in tags])
+        _insert_analysis(session, article_id, tags, entities, tagger_version, now)
     else:
         # Same canonical URL stored meanwhile, or an exact copy of stored text.
         session.execute(sa.delete(Story).where(Story.id == story))
@@ -207,31 +208,70 @@ def _tag_row(article_id: int, tag: TagResult, version: str, now: datetime) -> di
             "details": tag.details, "iptc_code": tag.iptc_code, "tagger_version": version, "created_at": now}
 
 
-def replace_tags(session: Session, article_id: int, tags: Sequence[TagResult], version: str) -> None:
-    session.execute(sa.delete(Tag).where(Tag.article_id == article_id))
+def _entity_row(article_id: int, e: Entity, version: str, now: datetime) -> dict[str, Any]:
+    return {"article_id": article_id, "kind": e.kind, "name": e.name, "code": e.code, "role": e.role, "rank": e.rank,
+            "evidence": list(e.evidence), "mentions": e.mentions, "tagger_version": version, "created_at": now}
+
+
+def _insert_analysis(session: Session, article_id: int, tags: Sequence[TagResult], entities: Sequence[Entity],
+                     version: str, now: datetime) -> None:
     if tags:
-        insert_ignore(session, Tag, [_tag_row(article_id, t, version, utcnow()) for t in tags])
+        insert_ignore(session, Tag, [_tag_row(article_id, t, version, now) for t in tags])
+    if entities:
+        insert_ignore(session, ArticleEntity, [_entity_row(article_id, e, version, now) for e in entities])
+
+
+def replace_analysis(session: Session, article_id: int, tags: Sequence[TagResult], entities: Sequence[Entity],
+                     version: str) -> None:
+    """Swap an article's tags and entities for new ones (``newsworker retag``)."""
+    session.execute(sa.delete(Tag).where(Tag.article_id == article_id))
+    session.execute(sa.delete(ArticleEntity).where(ArticleEntity.article_id == article_id))
+    _insert_analysis(session, article_id, tags, entities, version, utcnow())
 
 
 def list_articles(
-    session: Session, *, tag: Optional[str] = None, since: Optional[datetime] = None, limit: int = 50
+    session: Session, *, tag: Optional[str] = None, since: Optional[datetime] = None, limit: int = 50,
+    country: Optional[str] = None,
 ) -> list[dict[str, Any]]:
-    """Articles newest first, each with its feed URL and tags, as plain dicts."""
+    """Articles newest first, each with its feed URL, tags and entities, as plain dicts."""
     q = select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id, isouter=True)
     if tag:
         q = q.where(Article.id.in_(select(Tag.article_id).where(Tag.name == tag)))
+    if country:
+        q = q.where(Article.id.in_(select(ArticleEntity.article_id).where(
+            ArticleEntity.kind == "country", ArticleEntity.code == country.upper())))
     if since:
         q = q.where(sa.func.coalesce(Article.published_at, Article.created_at) >= since)
     rows = session.exec(q.order_by(Article.created_at.desc(), Article.id.desc()).limit(limit)).all()
     ids = [a.id for a, _ in rows]
     tags: dict[int, list[Tag]] = {}
+    entities: dict[int, list[ArticleEntity]] = {}
     if ids:
-        for t in session.exec(select(Tag).where(Tag.article_id.in_(ids)).order_by(Tag.article_id, Tag.name)).all():
+        for t in session.exec(select(Tag).where(Tag.article_id.in_(ids)).order_by(Tag.article_id, Tag.score.desc())).all():
             tags.setdefault(t.article_id, []).append(t)
-    return [article_dict(a, feed_url, tags.get(a.id, [])) for a, feed_url in rows]
+        for e in session.exec(select(ArticleEntity).where(ArticleEntity.article_id.in_(ids))
+                              .order_by(ArticleEntity.article_id, ArticleEntity.mentions.desc(), ArticleEntity.id)).all():
+            entities.setdefault(e.article_id, []).append(e)
+    return [article_dict(a, feed_url, tags.get(a.id, []), entities.get(a.id, [])) for a, feed_url in rows]
 
 
-def article_dict(a: Article, feed_url: Optional[str], tags: Sequence[Tag]) -> dict[str, Any]:
+def entity_dict(e: Any) -> dict[str, Any]:
+    d = {"name": e.name, "code": e.code, "evidence": list(e.evidence), "mentions": e.mentions}
+    if e.kind != "country":
+        d.update(role=e.role, rank=e.rank)
+    return d
+
+
+def entities_by_kind(entities: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {"countries": [], "officials": [], "organisations": []}
+    plural = {"country": "countries", "official": "officials", "organisation": "organisations"}
+    for e in entities:
+        out[plural[e.kind]].append(entity_dict(e))
+    return out
+
+
+def article_dict(a: Article, feed_url: Optional[str], tags: Sequence[Tag],
+                 entities: Sequence[ArticleEntity] = ()) -> dict[str, Any]:
     def iso(d: Optional[datetime]) -> Optional[str]:
         return d.isoformat() if d else None
 
@@ -242,5 +282,6 @@ def article_dict(a: Article, feed_url: Optional[str], tags: Sequence[Tag]) -> di
         "content_hash": a.content_hash, "text_source": a.text_source, "fetch_error": a.fetch_error,
         "fetched_at": iso(a.fetched_at),
         "tags": [{"name": t.name, "score": t.score, "evidence": t.evidence, "iptc_code": t.iptc_code,
-                  "tagger_version": t.tagger_version} for t in tags],
+                  "tagger_version": t.tagger_version, "details": t.details} for t in tags],
+        **entities_by_kind(entities),
     }

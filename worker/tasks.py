@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any, Optional
 
 import httpx
+from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
 from . import pipeline, store
@@ -22,6 +23,7 @@ from .models import utcnow
 from .settings import get_settings
 from .tagging import load_tagger
 
+log = get_task_logger(__name__)
 _client: Optional[tuple[int, httpx.Client]] = None
 PAGE_TRIES = 3          # temporary page errors are retried this often before the feed's text is used
 
@@ -65,6 +67,9 @@ def poll_feed(self: Any, feed_id: int) -> dict[str, Any]:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
     task_ids = [process_entry.delay(feed_id, e.to_dict()).id for e in result.new_entries]
     o = result.outcome
+    if o.error:
+        # One line an operator can act on: which feed, what happened, what newsworker will do.
+        log.warning("feed %s %s: %s", feed_id, o.status, o.error)
     return {"feed_id": feed_id, "feed_url": result.feed_url, "status": o.status, "http_status": o.http_status,
             "items_seen": o.items_seen, "items_new": o.items_new, "error": o.error, "entry_tasks": task_ids}
 
