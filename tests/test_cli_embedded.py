@@ -116,3 +116,36 @@ def test_demo_ingests_through_an_embedded_worker(tmp_path):
     assert "hasanov-tufekci-meeting" in done.stdout or "az-tr-defence-talks" in done.stdout
     assert "Colonel General" in done.stdout and "defence.diplomacy" in done.stdout
     assert "Champions start title defence" not in done.stdout
+
+
+def test_entities_stored_and_queryable_then_retag_after_rules_change(env, devserver, tmp_path):
+    for url in mount_site(devserver):
+        cli(env, "feeds", "add", url)
+    cli(env, "fetch", "--all", "--inline")
+
+    (seed,) = [a for a in jsonl(cli(env, "articles", "list", "--country", "AZ", "--json").stdout)
+               if "Zakir Hasanov" in a["text"]]
+    assert {"AZ", "TR"} <= {c["code"] for c in seed["countries"]}
+    hasanov = next(o for o in seed["officials"] if o["name"] == "Zakir Hasanov")
+    assert (hasanov["role"], hasanov["rank"], hasanov["code"]) == ("Defence Minister", "Colonel General", "AZ")
+    assert any(o["name"] == "Ministry of Defence" for o in seed["organisations"])
+    tag = next(t for t in seed["tags"] if t["name"] == "defence")
+    assert tag["details"] and tag["tagger_version"].startswith("rules-")
+    assert not jsonl(cli(env, "articles", "list", "--country", "FR", "--json").stdout)
+
+    # An operator demands so much evidence that nothing passes, then re-tags.
+    rules = Path(__file__).resolve().parents[1] / "config" / "tagging.yaml"
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(rules.read_text().replace("  min_positive: 1.5 ", "  min_positive: 1000 ", 1))
+    assert strict.read_text() != rules.read_text()
+    strict_env = {**env, "NEWSWORKER_TAGGING_RULES": str(strict)}
+    out = cli(strict_env, "retag").stdout
+    assert "re-tagged 5 articles" in out
+    assert not jsonl(cli(strict_env, "articles", "list", "--tag", "defence", "--json").stdout)
+    seed_again = next(a for a in jsonl(cli(env, "articles", "list", "--json").stdout) if a["id"] == seed["id"])
+    assert seed_again["officials"]        # entities are rebuilt, not lost
+
+    cli(env, "retag", "--since", "2024-01-01")
+    back = jsonl(cli(env, "articles", "list", "--tag", "defence", "--json").stdout)
+    assert seed["id"] in {a["id"] for a in back}
+    assert {t["tagger_version"] for a in back for t in a["tags"]} == {tag["tagger_version"]}

@@ -60,6 +60,8 @@ def test_fetch_through_celery_stores_clean_tagged_articles_once(devserver, servi
     assert "defence" in defence and defence["defence"]["evidence"]
     assert defence["defence"]["score"] > 0
     assert "defence.diplomacy" in defence
+    assert {"AZ", "TR"} <= {c["code"] for c in seed["countries"]}
+    assert any(o["name"] == "Zakir Hasanov" and o["code"] == "AZ" for o in seed["officials"])
 
     removed = articles["/news/removed-story.html"]
     assert removed["text_source"] == "feed_content" and "120 million manat" in removed["text"]
