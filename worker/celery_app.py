@@ -54,10 +54,8 @@ app.config_from_object(_Config())
 
 @worker_init.connect
 def _warm_up(**_: Any) -> None:
-    # Load the tagger and the language model once in the parent, so every forked
-    # child starts with them instead of paying for it on its first article.
-    from .extract import detect_language
-    from .tagging import load_tagger
+    # Load rules and models once in the parent, so every forked child starts with
+    # them instead of paying for it on its first article.
+    from .pipeline import warm_up
 
-    load_tagger()
-    detect_language("warming up the language identification model")
+    warm_up()

@@ -40,6 +40,7 @@ Organisations
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from dataclasses import dataclass, field
@@ -956,23 +957,17 @@ class EntityRules:
 
 # ---------------------------------------------------------------- loading
 
-_cache: dict[str, EntityRules] = {}
-_cache_lock = threading.Lock()
-
-
 def load_entity_rules(path: str | Path | None = None) -> EntityRules:
-    """The rules for *path* (default ``config/entities.yaml`` in the settings' config dir), built once per path."""
+    """The rules for *path* (default: ``settings.entity_rules``), built once per path."""
     if path is None:
-        from .settings import CONFIG_DIR
-        path = Path(CONFIG_DIR) / "entities.yaml"
-    key = str(Path(path).resolve())
-    rules = _cache.get(key)
-    if rules is None:
-        with _cache_lock:
-            rules = _cache.get(key)
-            if rules is None:
-                rules = _cache[key] = EntityRules.from_file(key)
-    return rules
+        from .settings import get_settings
+        path = get_settings().entity_rules
+    return _load_entity_rules(str(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_entity_rules(path: str) -> EntityRules:
+    return EntityRules.from_file(path)
 
 
 def extract_entities(title: str | None, text: str | None, language: str | None = None) -> list[Entity]:

@@ -24,7 +24,7 @@ from .feeds import ParsedEntry, parse_feed
 from .models import Feed, utcnow
 from .schedule import NOT_MODIFIED, OK, PERMANENT, TEMPORARY, PollOutcome, next_state
 from .settings import Settings
-from .tagging import Tagger
+from .tagging import Tagger, load_tagger
 from .urls import canonicalise
 
 FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/feed+json, application/xml;q=0.9, text/xml;q=0.8, */*;q=0.5"
@@ -46,6 +46,16 @@ class EntryResult:
     created: bool
     text_source: Optional[str] = None
     fetch_error: Optional[str] = None
+
+
+def warm_up() -> None:
+    """Load the rules and models and compile the per-language matchers now, once per
+    process (a worker does this before its first task), instead of on first use."""
+    tagger = load_tagger()
+    detect_language("warming up the language identification model")
+    for language in (None, "en", "tr", "az", "ru", "fr"):     # "fr": the English-only set
+        tagger.tag("Defence minister", "The army held exercises.", language)
+        extract_entities("Defence minister", "The army held exercises.", language)
 
 
 # ---------------------------------------------------------------- feeds

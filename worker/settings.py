@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     claim_timeout: int = 900             # a queued poll older than this is re-dispatched
 
     tagging_rules: Path = CONFIG_DIR / "tagging.yaml"
+    entity_rules: Path = CONFIG_DIR / "entities.yaml"
     feeds_opml: Path = CONFIG_DIR / "feeds.opml"
     celery_config: Path = CONFIG_DIR / "celery.py"
 

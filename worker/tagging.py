@@ -38,6 +38,7 @@ Scoring (``defence`` and each sub-tag alike)
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import math
 import re
@@ -136,6 +137,7 @@ class _OffsetMap:
         return o_after + (folded_pos - f_after)
 
 
+@functools.lru_cache(maxsize=8)     # the tagger and the entity extractor fold the same texts
 def _fold_with_map(text: str) -> tuple[str, _OffsetMap | None]:
     """Folded text and, when some character folds to several, the offset map back to
     *text*.  Returns ``(folded, None)`` when folded[i] corresponds to text[i] for every i."""
@@ -495,20 +497,14 @@ class Tagger:
 
 # ---------------------------------------------------------------- loading
 
-_cache: dict[str, Tagger] = {}
-_cache_lock = threading.Lock()
-
-
 def load_tagger(path: str | Path | None = None) -> Tagger:
     """The tagger for *path* (default: ``settings.tagging_rules``), built once per path."""
     if path is None:
         from .settings import get_settings
         path = get_settings().tagging_rules
-    key = str(Path(path).resolve())
-    tagger = _cache.get(key)
-    if tagger is None:
-        with _cache_lock:
-            tagger = _cache.get(key)
-            if tagger is None:
-                tagger = _cache[key] = Tagger.from_file(key)
-    return tagger
+    return _load_tagger(str(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tagger(path: str) -> Tagger:
+    return Tagger.from_file(path)
