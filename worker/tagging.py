@@ -440,35 +440,36 @@ class Tagger:
         }
         return TagResult(spec.name, round(score, 4), evidence, spec.iptc_code, details), passed
 
-    def tag(self, title: str | None, text: str | None, language: str | None = None) -> list[TagResult]:
-        """Tags for one story: ``[]`` when not defence, else ``defence`` first, then sub-tags."""
-        title = title or ""
-        text = text or ""
-        if not title and not text:
-            return []
+    def _defence_result(self, title: str, text: str, language: str | None) -> tuple[TagResult, bool, Any]:
+        """The ``defence`` result, whether it passed, and what sub-tags need (langs, length factor, words)."""
         langs = self._langs_for(language)
         words = len(text.split())
         sc = self._scoring
         length_factor = min(1.0, (sc.reference_words / max(words, 1)) ** sc.length_exponent)
-
         pattern, table = self._defence_rules.compiled(langs)
+        hits = self._scan_both(title, text, pattern, table)
+        pos, neg, matches = self._score("defence", table, hits, length_factor)
+        result, passed = self._result(self._defence, pos, neg, matches, length_factor, words, langs)
+        return result, passed, (langs, length_factor, words)
+
+    def _scan_both(self, title: str, text: str, pattern: re.Pattern[str], table: list[list[_Rule]]) -> dict[int, dict[str, Any]]:
         hits: dict[int, dict[str, Any]] = {}
         if title:
             self._scan(title, pattern, table, "title", hits)
         if text:
             self._scan(text, pattern, table, "body", hits)
-        pos, neg, matches = self._score("defence", table, hits, length_factor)
-        result, passed = self._result(self._defence, pos, neg, matches, length_factor, words, langs)
+        return hits
+
+    def tag(self, title: str | None, text: str | None, language: str | None = None) -> list[TagResult]:
+        """Tags for one story: ``[]`` when not defence, else ``defence`` first, then sub-tags."""
+        title, text = title or "", text or ""
+        if not title and not text:
+            return []
+        result, passed, (langs, length_factor, words) = self._defence_result(title, text, language)
         if not passed:
             return []
-        out = [result]
-
         spattern, stable = self._subtag_rules.compiled(langs)
-        shits: dict[int, dict[str, Any]] = {}
-        if title:
-            self._scan(title, spattern, stable, "title", shits)
-        if text:
-            self._scan(text, spattern, stable, "body", shits)
+        shits = self._scan_both(title, text, spattern, stable)
         subs = []
         for spec in self._subtags:
             spos, sneg, smatches = self._score(spec.name, stable, shits, length_factor)
@@ -476,23 +477,11 @@ class Tagger:
             if spassed:
                 subs.append(sres)
         subs.sort(key=lambda r: -r.score)
-        return out + subs
+        return [result] + subs
 
     def explain(self, title: str | None, text: str | None, language: str | None = None) -> TagResult:
         """The ``defence`` result whether or not it passes (for evaluation and debugging)."""
-        title, text = title or "", text or ""
-        langs = self._langs_for(language)
-        words = len(text.split())
-        sc = self._scoring
-        length_factor = min(1.0, (sc.reference_words / max(words, 1)) ** sc.length_exponent)
-        pattern, table = self._defence_rules.compiled(langs)
-        hits: dict[int, dict[str, Any]] = {}
-        if title:
-            self._scan(title, pattern, table, "title", hits)
-        if text:
-            self._scan(text, pattern, table, "body", hits)
-        pos, neg, matches = self._score("defence", table, hits, length_factor)
-        return self._result(self._defence, pos, neg, matches, length_factor, words, langs)[0]
+        return self._defence_result(title or "", text or "", language)[0]
 
 
 # ---------------------------------------------------------------- loading
