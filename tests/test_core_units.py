@@ -71,8 +71,21 @@ def test_entry_roundtrips_through_a_task_message():
 # ---------------------------------------------------------------- urls
 
 @pytest.mark.parametrize("url, expected", [
+    # host case, default port, tracking parameters
     ("HTTP://News.Example.ORG:80/a/b.html?utm_source=rss&utm_medium=feed", "http://news.example.org/a/b.html"),
+    # fragments, fbclid/gclid, other parameters kept
     ("https://news.example.org/a?id=3&fbclid=XYZ&gclid=1#comments", "https://news.example.org/a?id=3"),
+    ("https://example.org:443/world/story-1/", "https://example.org/world/story-1"),         # trailing slash
+    ("https://example.org/", "https://example.org/"),                                        # root kept
+    ("https://www.example.org/world/story-1", "https://example.org/world/story-1"),          # www.
+    ("https://m.example.org/world/story-1", "https://example.org/world/story-1"),            # mobile
+    ("https://amp.example.org/world/story-1", "https://example.org/world/story-1"),          # AMP host
+    ("https://example.org/world/story-1/amp/", "https://example.org/world/story-1"),         # WordPress AMP
+    ("https://example.org/amp/world/story-1", "https://example.org/world/story-1"),          # AMP prefix
+    ("https://example.org/world/story-1.amp.html", "https://example.org/world/story-1.html"),
+    ("https://example.org/world/story-1?amp=1&page=2", "https://example.org/world/story-1?page=2"),
+    ("https://example.org/world/story-1?outputType=amp", "https://example.org/world/story-1"),
+    ("https://m.example.co.uk/news/ampere-record", "https://example.co.uk/news/ampere-record"),  # 'amp' inside a word stays
 ])
 def test_canonicalise(url, expected):
     assert canonicalise(url) == expected

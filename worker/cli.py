@@ -207,14 +207,25 @@ def articles_list(
     since: Optional[str] = typer.Option(None, "--since", help="Published (or stored) at or after, ISO-8601."),
     country: Optional[str] = typer.Option(None, "--country", help="Only stories about this country (ISO code, e.g. AZ)."),
     limit: int = typer.Option(50, "--limit", min=1),
-    as_json: bool = typer.Option(False, "--json", help="JSON Lines, one article per line."),
+    stories: bool = typer.Option(False, "--stories", help="One row per story, with every outlet that ran it."),
+    as_json: bool = typer.Option(False, "--json", help="JSON Lines, one article (or story) per line."),
 ) -> None:
     """Stored articles, newest first, with tags (score, evidence) and entities."""
     from .db import session_scope
-    from .store import list_articles
+    from .store import list_articles, list_stories
 
     with session_scope() as s:
-        rows = list_articles(s, tag=tag, since=_parse_since(since), limit=limit, country=country)
+        if stories:
+            rows = list_stories(s, tag=tag, since=_parse_since(since), limit=limit, country=country)
+        else:
+            rows = list_articles(s, tag=tag, since=_parse_since(since), limit=limit, country=country)
+    if stories and not as_json:
+        table = Table("story", "published", "title", "outlets", "copies")
+        for r in rows:
+            table.add_row(str(r["story_id"]), (r["published_at"] or "")[:10], (r["title"] or "")[:70],
+                          ", ".join(r["outlets"]), str(len(r["articles"])))
+        out.print(table)
+        return
     if as_json:
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))

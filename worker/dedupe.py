@@ -1,11 +1,16 @@
-"""Exact-copy detection: a fingerprint of the normalised text."""
+"""Duplicate detection: exact copies by a hash of the normalised text, near copies
+(syndicated versions of one story) by MinHash over word shingles."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+import struct
 import unicodedata
+from dataclasses import dataclass
 from typing import Optional
+
+from datasketch import MinHash
 
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -22,3 +27,74 @@ def content_hash(text: str) -> Optional[str]:
     if len(norm) < 40:      # a title-length scrap is no evidence of a copy
         return None
     return hashlib.sha256(norm.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- near copies (MinHash LSH)
+#
+# Syndicated copies of one story differ in headline, agency line, a paragraph more or
+# less and boilerplate; their word 5-gram shingle sets still overlap heavily, while two
+# outlets' own reports of one event share few 5-grams.  MinHash estimates the overlap;
+# LSH bands let the database find candidates by equality on indexed band hashes, so the
+# index lives in the database (table story_bands), shared by every worker process.
+
+NUM_PERM = 128
+BANDS, ROWS = 32, 4            # candidate threshold ≈ (1/32)^(1/4) ≈ 0.42 Jaccard
+SHINGLE_WORDS = 5
+MAX_SHINGLE_WORDS = 3000       # the start of a story identifies it; bounds the cost
+JACCARD_MIN = 0.5              # near copy: estimated Jaccard at least this …
+CONTAINMENT_MIN = 0.8          # … or one copy (trimmed) mostly inside the other
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What near-duplicate detection keeps of a text."""
+
+    hashvalues: tuple[int, ...]     # the MinHash signature
+    size: int                       # number of distinct shingles
+
+    def bands(self) -> list[int]:
+        """One signed 63-bit hash per LSH band (fits BIGINT on PostgreSQL and SQLite)."""
+        out = []
+        for b in range(BANDS):
+            chunk = self.hashvalues[b * ROWS:(b + 1) * ROWS]
+            digest = hashlib.blake2b(struct.pack(f"<B{ROWS}Q", b, *chunk), digest_size=8).digest()
+            out.append(int.from_bytes(digest, "little", signed=True) >> 1)
+        return out
+
+    def to_bytes(self) -> bytes:
+        return struct.pack(f"<I{NUM_PERM}Q", self.size, *self.hashvalues)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Fingerprint":
+        size, *values = struct.unpack(f"<I{NUM_PERM}Q", data)
+        return cls(tuple(values), size)
+
+
+def shingles(text: str) -> set[bytes]:
+    words = normalise_for_hash(text).split()[:MAX_SHINGLE_WORDS]
+    if len(words) < SHINGLE_WORDS:
+        return {" ".join(words).encode()} if words else set()
+    return {" ".join(words[i:i + SHINGLE_WORDS]).encode() for i in range(len(words) - SHINGLE_WORDS + 1)}
+
+
+def fingerprint(text: str) -> Optional[Fingerprint]:
+    """MinHash fingerprint of *text*; None when it is too short to compare (< 20 words)."""
+    sh = shingles(text)
+    if len(sh) < 16:
+        return None
+    m = MinHash(num_perm=NUM_PERM, seed=1)
+    m.update_batch(list(sh))
+    return Fingerprint(tuple(int(v) for v in m.hashvalues), len(sh))
+
+
+def similarity(a: Fingerprint, b: Fingerprint) -> tuple[float, float]:
+    """(estimated Jaccard, estimated containment of the smaller set in the larger)."""
+    j = sum(x == y for x, y in zip(a.hashvalues, b.hashvalues)) / NUM_PERM
+    small, large = sorted((a.size, b.size))
+    inter = j * (a.size + b.size) / (1 + j)
+    return j, min(1.0, inter / small) if small else 0.0
+
+
+def same_story(a: Fingerprint, b: Fingerprint) -> bool:
+    j, c = similarity(a, b)
+    return j >= JACCARD_MIN or c >= CONTAINMENT_MIN

@@ -120,6 +120,8 @@ class Article(SQLModel, table=True):
     # sha256 of the normalised text; NULL when there is no text.  Unique: an exact copy is one article.
     content_hash: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text, unique=True))
     story_id: Optional[int] = Field(default=None, foreign_key="stories.id", index=True)
+    # MinHash signature of the text (worker.dedupe.Fingerprint), for near-copy checks.
+    fingerprint: Optional[bytes] = Field(default=None, sa_type=sa.LargeBinary)
     text_source: str = Field(sa_type=sa.Text)              # page | feed_content | feed_summary | title
     fetch_error: Optional[str] = Field(default=None, sa_type=sa.Text)   # why the page was not used
     fetched_at: datetime = _ts(nullable=False, default=utcnow)
@@ -184,3 +186,14 @@ class ArticleEntity(SQLModel, table=True):
     mentions: int = 1
     tagger_version: str = Field(sa_type=sa.Text)
     created_at: datetime = _ts(nullable=False, default=utcnow)
+
+
+class StoryBand(SQLModel, table=True):
+    """The near-duplicate index: one row per LSH band of each article's fingerprint.
+    Equal band hashes make two articles candidates for the same story."""
+
+    __tablename__ = "story_bands"
+
+    band_hash: int = Field(sa_column=sa.Column(sa.BigInteger, primary_key=True))
+    article_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("articles.id", ondelete="CASCADE"),
+                                                 primary_key=True, index=True))

@@ -16,7 +16,7 @@ import httpx
 from sqlmodel import Session
 
 from . import http, store
-from .dedupe import content_hash
+from .dedupe import content_hash, fingerprint
 from .entities import extract_entities
 from .errors import BlockedURL, FeedParseError, FetchError, PermanentFetchError, TemporaryFetchError
 from .extract import Extracted, clean_text, detect_language, extract_page, html_to_text, load_html
@@ -241,6 +241,7 @@ def make_article(
         published_at=entry.published_at or (extracted.published_at if extracted else None),
         language=detect_language(f"{title or ''}\n{text}"),
         content_hash=content_hash(text),
+        fingerprint=fingerprint(text) if source in ("page", "feed_content") else None,
         fetch_error=fetch_error,
         alias_urls=tuple(sorted(aliases)),
     )

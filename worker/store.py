@@ -7,13 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from .errors import FeedNotFound
-from .models import Article, ArticleEntity, ArticleFeed, ArticleURL, Feed, FetchEvent, Story, Tag, utcnow
+from .dedupe import Fingerprint, same_story, similarity
+from .models import Article, ArticleEntity, ArticleFeed, ArticleURL, Feed, FetchEvent, Story, StoryBand, Tag, utcnow
 
 if TYPE_CHECKING:
     from .entities import Entity
@@ -115,6 +117,7 @@ class ArticleDraft:
     published_at: Optional[datetime] = None
     language: Optional[str] = None
     content_hash: Optional[str] = None
+    fingerprint: Optional[Fingerprint] = None
     fetch_error: Optional[str] = None
     alias_urls: tuple[str, ...] = ()       # other canonical URLs that led here (entry link vs page canonical)
 
@@ -168,32 +171,71 @@ def link_feed(session: Session, article_id: int, feed_id: int, guid: Optional[st
     )
 
 
+MAX_CANDIDATES = 50     # articles sharing a band that are compared in full
+
+
+def find_story(session: Session, fp: Fingerprint) -> Optional[int]:
+    """The story of the most similar stored near copy of *fp*, if any.  Candidates come
+    from equal LSH band hashes (an indexed lookup); each is confirmed on its signature."""
+    rows = session.execute(
+        sa.select(Article.story_id, Article.fingerprint)
+        .join(StoryBand, StoryBand.article_id == Article.id)
+        .where(StoryBand.band_hash.in_(fp.bands()), Article.fingerprint.is_not(None))
+        .distinct().limit(MAX_CANDIDATES)
+    ).all()
+    best: tuple[float, Optional[int]] = (0.0, None)
+    for story_id, blob in rows:
+        other = Fingerprint.from_bytes(blob)
+        if same_story(fp, other):
+            best = max(best, (similarity(fp, other)[0], story_id), key=lambda x: x[0])
+    return best[1]
+
+
+def _lock_bands(session: Session, fp: Fingerprint) -> None:
+    """PostgreSQL: two workers storing copies of one story at once must not both create
+    a story.  Transaction-level advisory locks on the band hashes (sorted: no deadlock)
+    serialise exactly the articles that could be near copies.  SQLite has one writer."""
+    if session.get_bind().dialect.name == "postgresql":
+        for h in sorted(set(fp.bands())):
+            session.execute(sa.text("SELECT pg_advisory_xact_lock(:h)"), {"h": h})
+
+
 def save_article(
     session: Session, draft: ArticleDraft, feed_id: int, tags: Sequence[TagResult], entities: Sequence[Entity],
     tagger_version: str,
 ) -> tuple[int, bool]:
-    """Store *draft* (or find the article it duplicates) and link it to the feed.
-    Returns (article_id, created)."""
+    """Store *draft* (or find the article it duplicates), put it in its story — a near
+    copy's, or a new one — and link it to the feed.  Returns (article_id, created)."""
     now = utcnow()
-    # The story first, so the article is inserted complete in one statement.
-    story = session.execute(sa.insert(Story).values(created_at=now).returning(Story.id)).scalar_one()
+    story, new_story = None, False
+    if draft.fingerprint is not None:
+        _lock_bands(session, draft.fingerprint)
+        story = find_story(session, draft.fingerprint)
+    if story is None:
+        story = session.execute(sa.insert(Story).values(created_at=now).returning(Story.id)).scalar_one()
+        new_story = True
     row = insert_ignore(
         session, Article,
         {"url": draft.url, "canonical_url": draft.canonical_url, "guid": draft.guid, "feed_id": feed_id,
          "title": draft.title, "text": draft.text, "summary": draft.summary, "author": draft.author,
          "site_name": draft.site_name, "published_at": draft.published_at, "language": draft.language,
          "content_hash": draft.content_hash, "text_source": draft.text_source, "fetch_error": draft.fetch_error,
+         "fingerprint": draft.fingerprint.to_bytes() if draft.fingerprint else None,
          "fetched_at": now, "created_at": now, "story_id": story},
         Article.id,
     )
     created = row is not None
     if created:
         article_id = row[0]
-        session.execute(sa.update(Story).where(Story.id == story).values(representative_article_id=article_id))
+        if draft.fingerprint is not None:
+            insert_ignore(session, StoryBand, [{"band_hash": h, "article_id": article_id}
+                                               for h in sorted(set(draft.fingerprint.bands()))])
+        _set_representative(session, story)
         _insert_analysis(session, article_id, tags, entities, tagger_version, now)
     else:
         # Same canonical URL stored meanwhile, or an exact copy of stored text.
-        session.execute(sa.delete(Story).where(Story.id == story))
+        if new_story:
+            session.execute(sa.delete(Story).where(Story.id == story))
         cond = Article.canonical_url == draft.canonical_url
         if draft.content_hash:
             cond = sa.or_(cond, Article.content_hash == draft.content_hash)
@@ -201,6 +243,13 @@ def save_article(
     add_urls(session, article_id, [draft.canonical_url, *draft.alias_urls], draft.url)
     link_feed(session, article_id, feed_id, draft.guid, draft.url)
     return article_id, created
+
+
+def _set_representative(session: Session, story_id: int) -> None:
+    """The story's representative is its earliest published copy (ties: first stored)."""
+    first = (sa.select(Article.id).where(Article.story_id == story_id)
+             .order_by(sa.func.coalesce(Article.published_at, Article.created_at), Article.id).limit(1))
+    session.execute(sa.update(Story).where(Story.id == story_id).values(representative_article_id=first.scalar_subquery()))
 
 
 def _tag_row(article_id: int, tag: TagResult, version: str, now: datetime) -> dict[str, Any]:
@@ -285,3 +334,39 @@ def article_dict(a: Article, feed_url: Optional[str], tags: Sequence[Tag],
                   "tagger_version": t.tagger_version, "details": t.details} for t in tags],
         **entities_by_kind(entities),
     }
+
+
+def list_stories(
+    session: Session, *, tag: Optional[str] = None, since: Optional[datetime] = None, limit: int = 50,
+    country: Optional[str] = None,
+) -> list[dict[str, Any]]:
+    """One dict per story, newest first: its representative article and every copy
+    (outlet, URL, feed) that carried it."""
+    arts = list_articles(session, tag=tag, since=since, limit=limit * 20, country=country)
+    story_ids = list(dict.fromkeys(a["story_id"] for a in arts))[:limit]
+    if not story_ids:
+        return []
+    rows = session.execute(
+        sa.select(Article.story_id, Article.id, Article.url, Article.site_name, Article.published_at,
+                  Article.created_at, Feed.url, Story.representative_article_id)
+        .join(Story, Story.id == Article.story_id)
+        .join(Feed, Feed.id == Article.feed_id, isouter=True)
+        .where(Article.story_id.in_(story_ids))
+        .order_by(Article.story_id, sa.func.coalesce(Article.published_at, Article.created_at), Article.id)
+    ).all()
+    copies: dict[int, list[dict[str, Any]]] = {}
+    representative: dict[int, Optional[int]] = {}
+    for sid, aid, url, site, published, created, feed_url, rep in rows:
+        representative[sid] = rep
+        copies.setdefault(sid, []).append({"article_id": aid, "url": url, "outlet": site or urlsplit(url).hostname,
+                                           "feed_url": feed_url,
+                                           "published_at": (published or created).isoformat()})
+    by_id = {a["id"]: a for a in arts}
+    out = []
+    for sid in story_ids:
+        rep = by_id.get(representative.get(sid)) or next(a for a in arts if a["story_id"] == sid)
+        out.append({"story_id": sid, "title": rep["title"], "url": rep["url"], "representative_article_id": rep["id"],
+                    "published_at": rep["published_at"], "tags": rep["tags"], "countries": rep["countries"],
+                    "outlets": sorted({c["outlet"] for c in copies.get(sid, []) if c["outlet"]}),
+                    "articles": copies.get(sid, [])})
+    return out
