@@ -32,6 +32,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/dedupe_scale.py
 
 eval: install
 	$(BIN)/python bench/eval_tagging.py

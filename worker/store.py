@@ -196,8 +196,8 @@ def _lock_bands(session: Session, fp: Fingerprint) -> None:
     a story.  Transaction-level advisory locks on the band hashes (sorted: no deadlock)
     serialise exactly the articles that could be near copies.  SQLite has one writer."""
     if session.get_bind().dialect.name == "postgresql":
-        for h in sorted(set(fp.bands())):
-            session.execute(sa.text("SELECT pg_advisory_xact_lock(:h)"), {"h": h})
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(h) FROM unnest(CAST(:hs AS bigint[])) AS h ORDER BY h"),
+                        {"hs": sorted(set(fp.bands()))})
 
 
 def save_article(
