@@ -36,6 +36,7 @@ bench: install
 
 eval: install
 	$(BIN)/python bench/eval_tagging.py
+	$(BIN)/python bench/eval_dedupe.py
 
 clean:
 	rm -rf var .pytest_cache
