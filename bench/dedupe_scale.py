@@ -8,6 +8,7 @@ like real ones); the measured articles are the real Zyte benchmark texts."""
 from __future__ import annotations
 
 import io
+import multiprocessing
 import random
 import struct
 import sys
@@ -98,7 +99,13 @@ def main() -> None:
         stored, results = 0, []
         for size in SIZES:
             t0 = time.perf_counter()
-            fill(url, feed_id, stored, size, rng)
+            # Loaded by a child process, so this process's memory is the check-and-store path alone.
+            loader = multiprocessing.get_context("fork").Process(target=fill, args=(url, feed_id, stored, size, rng))
+            loader.start()
+            loader.join()
+            if loader.exitcode:
+                raise SystemExit(f"bench: loading synthetic articles failed (exit {loader.exitcode})")
+            rng.seed(size)
             stored = size
             load = time.perf_counter() - t0
             ms = measure(url, feed_id, texts, size)
