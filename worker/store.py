@@ -29,8 +29,12 @@ def _insert(session: Session, model: type) -> Any:
 
 
 def insert_ignore(session: Session, model: type, values: dict[str, Any] | list[dict[str, Any]], *returning: Any) -> Any:
-    """Insert, doing nothing on any unique conflict.  With *returning* columns, returns
-    the first inserted row (None if it conflicted); otherwise the row count."""
+    """Insert, doing nothing on any unique conflict.  With *returning* columns (one row
+    only), returns the inserted row (None if it conflicted); otherwise the row count
+    (which drivers may report as -1 for several rows)."""
+    if isinstance(values, list):
+        # executemany: one cached statement, whatever the number of rows
+        return session.execute(_insert(session, model).on_conflict_do_nothing(), values).rowcount
     stmt = _insert(session, model).values(values).on_conflict_do_nothing()
     if returning:
         return session.execute(stmt.returning(*returning)).first()
@@ -230,7 +234,10 @@ def save_article(
         if draft.fingerprint is not None:
             insert_ignore(session, StoryBand, [{"band_hash": h, "article_id": article_id}
                                                for h in sorted(set(draft.fingerprint.bands()))])
-        _set_representative(session, story)
+        if new_story:
+            session.execute(sa.update(Story).where(Story.id == story).values(representative_article_id=article_id))
+        else:
+            _set_representative(session, story)
         _insert_analysis(session, article_id, tags, entities, tagger_version, now)
     else:
         # Same canonical URL stored meanwhile, or an exact copy of stored text.
