@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from datasketch import MinHash
 
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -94,6 +93,8 @@ def shingles(text: str) -> set[int]:
 
 def fingerprint(text: str) -> Optional[Fingerprint]:
     """MinHash fingerprint of *text*; None when it is too short to compare (< 20 words)."""
+    from datasketch import MinHash   # here: its package import pulls in scipy (~0.4 s) for LSH tuning we don't use
+
     hashes = shingle_hashes(text)
     if len(hashes) < 16:
         return None

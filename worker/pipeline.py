@@ -56,6 +56,7 @@ def warm_up() -> None:
     for language in (None, "en", "tr", "az", "ru", "fr"):     # "fr": the English-only set
         tagger.tag("Defence minister", "The army held exercises.", language)
         extract_entities("Defence minister", "The army held exercises.", language)
+    fingerprint(" ".join(f"word{i}" for i in range(40)))      # imports datasketch
 
 
 # ---------------------------------------------------------------- feeds
