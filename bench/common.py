@@ -7,7 +7,9 @@ import json
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 _TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -33,3 +35,46 @@ def token_f1(predicted: str, truth: str) -> float:
         return 0.0
     precision, recall = common / sum(p.values()), common / sum(t.values())
     return 2 * precision * recall / (precision + recall)
+
+
+@dataclass
+class Counts:
+    """A confusion matrix for one yes/no decision (defence or not; same story or not)."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+
+    def add(self, gold: bool, pred: bool) -> None:
+        if gold and pred:
+            self.tp += 1
+        elif pred:
+            self.fp += 1
+        elif gold:
+            self.fn += 1
+        else:
+            self.tn += 1
+
+    @property
+    def n(self) -> int:
+        return self.tp + self.fp + self.fn + self.tn
+
+    # An empty denominator (nothing claimed, or nothing to find) counts as no error.
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "positives": self.tp + self.fn, "negatives": self.fp + self.tn, "tp": self.tp,
+                "fp": self.fp, "fn": self.fn, "tn": self.tn, "precision": round(self.precision, 4),
+                "recall": round(self.recall, 4), "f1": round(self.f1, 4)}

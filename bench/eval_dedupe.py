@@ -31,7 +31,6 @@ import gzip
 import io
 import itertools
 import json
-import os
 import random
 import re
 import sys
@@ -45,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import Counts, corpus_dir  # noqa: E402
 from worker import dedupe  # noqa: E402
 
 PAIRS = Path("dupes") / "bbc-republished-pairs.jsonl"
@@ -104,39 +104,6 @@ BOILERPLATE = (
 
 # ----------------------------------------------------------------------------- helpers
 
-
-def corpus_dir() -> Path:
-    return Path(os.environ.get("NEWSWORKER_CORPUS") or REPO.parent / "shared" / "corpus")
-
-
-@dataclass
-class Counts:
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-    tn: int = 0
-
-    def add(self, gold: bool, pred: bool) -> None:
-        if gold and pred:
-            self.tp += 1
-        elif pred:
-            self.fp += 1
-        elif gold:
-            self.fn += 1
-        else:
-            self.tn += 1
-
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"positives": self.tp + self.fn, "negatives": self.fp + self.tn, "tp": self.tp, "fp": self.fp,
-                "fn": self.fn, "tn": self.tn, "precision": round(self.precision, 4), "recall": round(self.recall, 4)}
 
 
 @dataclass

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +31,9 @@ MIN_KIND_RECALL = {
 
 
 def _eval_module():
-    spec = importlib.util.spec_from_file_location("eval_dedupe", REPO / "bench" / "eval_dedupe.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module          # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from bench import eval_dedupe
+
+    return eval_dedupe
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,12 +19,9 @@ MIN_F1_OVERALL = 0.87
 
 
 def _eval_module():
-    spec = importlib.util.spec_from_file_location("eval_tagging", REPO / "bench" / "eval_tagging.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module          # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from bench import eval_tagging
+
+    return eval_tagging
 
 
 @pytest.mark.corpus
