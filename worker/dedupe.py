@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import struct
@@ -16,6 +17,7 @@ import numpy as np
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 
+@functools.lru_cache(maxsize=4)     # the content hash and the fingerprint normalise the same text
 def normalise_for_hash(text: str) -> str:
     """Case, accents, punctuation and spacing folded, so trivially re-encoded copies match."""
     folded = unicodedata.normalize("NFKC", text).casefold()
