@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import lxml.html
 import trafilatura
-from trafilatura.utils import load_html  # noqa: F401  (re-exported: parse once, extract later)
+from trafilatura.utils import load_html
 from dateutil import parser as dateparser
 
 from .urls import same_site
@@ -66,6 +66,12 @@ def parse_date(value: Optional[str]) -> Optional[datetime]:
     if when is None:
         return None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def parse_html(content: bytes) -> Any:
+    """The page parsed as trafilatura parses it, so it can be parsed ahead (in a fetch
+    thread) and handed to :func:`extract_page` later."""
+    return load_html(content)
 
 
 def extract_page(html: Any, url: str) -> Optional[Extracted]:

@@ -19,7 +19,7 @@ from . import http, store
 from .dedupe import content_hash, fingerprint
 from .entities import extract_entities
 from .errors import BlockedURL, FeedParseError, FetchError, PermanentFetchError, TemporaryFetchError
-from .extract import Extracted, clean_text, detect_language, extract_page, html_to_text, load_html
+from .extract import Extracted, clean_text, detect_language, extract_page, html_to_text, parse_html
 from .feeds import ParsedEntry, parse_feed
 from .models import Feed, utcnow
 from .schedule import NOT_MODIFIED, OK, PERMANENT, TEMPORARY, PollOutcome, next_state
@@ -145,7 +145,7 @@ def parse_page(page: Page) -> Page:
     """Parse the page's HTML now.  lxml releases the GIL while parsing, so pages
     fetched ahead in threads are parsed there, in parallel with extraction."""
     if page.result is not None and page.tree is None:
-        page.tree = load_html(page.result.content)
+        page.tree = parse_html(page.result.content)
     return page
 
 
@@ -211,6 +211,7 @@ def make_article(
             fetch_error = f"{entry.link}: no article text found on the page"
 
     feed_content = html_to_text(entry.content).strip()
+    feed_summary = html_to_text(entry.summary).strip()
     if extracted is not None and len(extracted.text) >= len(feed_content) / 2:
         text, source = extracted.text, "page"
     elif feed_content:
@@ -218,8 +219,8 @@ def make_article(
         text, source = feed_content, "feed_content"
         if extracted is not None:
             fetch_error = f"{entry.link}: page text much shorter than the feed's content"
-    elif html_to_text(entry.summary).strip():
-        text, source = html_to_text(entry.summary), "feed_summary"
+    elif feed_summary:
+        text, source = feed_summary, "feed_summary"
     else:
         text, source = "", "title"
     text = clean_text(text, settings.max_text_chars)
@@ -228,7 +229,7 @@ def make_article(
     final_canonical = page_canonical or canonical
     aliases.add(canonical)
     aliases.discard(final_canonical)
-    summary = clean_text(html_to_text(entry.summary), 2000) or (extracted.description if extracted else None)
+    summary = clean_text(feed_summary, 2000) or (extracted.description if extracted else None)
     return store.ArticleDraft(
         url=entry.link,
         canonical_url=final_canonical,

@@ -128,10 +128,8 @@ class ArticleDraft:
 
 def known_article(session: Session, canonical_urls: Iterable[str]) -> Optional[int]:
     """The id of the article already stored under any of these canonical URLs."""
-    urls = [u for u in canonical_urls if u]
-    if not urls:
-        return None
-    return session.exec(select(ArticleURL.article_id).where(ArticleURL.canonical_url.in_(urls)).limit(1)).first()
+    found = known_url_map(session, [u for u in canonical_urls if u])
+    return next(iter(found.values()), None)
 
 
 def known_url_map(session: Session, canonical_urls: Sequence[str]) -> dict[str, int]:
@@ -285,19 +283,28 @@ def replace_analysis(session: Session, article_id: int, tags: Sequence[TagResult
     _insert_analysis(session, article_id, tags, entities, version, utcnow())
 
 
+def _article_filters(*, tag: Optional[str], since: Optional[datetime], country: Optional[str]) -> list[Any]:
+    """WHERE clauses on articles shared by the article and story listings."""
+    conds: list[Any] = []
+    if tag:
+        conds.append(Article.id.in_(select(Tag.article_id).where(Tag.name == tag)))
+    if country:
+        conds.append(Article.id.in_(select(ArticleEntity.article_id).where(
+            ArticleEntity.kind == "country", ArticleEntity.code == country.upper())))
+    if since:
+        conds.append(sa.func.coalesce(Article.published_at, Article.created_at) >= since)
+    return conds
+
+
 def list_articles(
     session: Session, *, tag: Optional[str] = None, since: Optional[datetime] = None, limit: int = 50,
-    country: Optional[str] = None,
+    country: Optional[str] = None, ids: Optional[Sequence[int]] = None,
 ) -> list[dict[str, Any]]:
     """Articles newest first, each with its feed URL, tags and entities, as plain dicts."""
     q = select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id, isouter=True)
-    if tag:
-        q = q.where(Article.id.in_(select(Tag.article_id).where(Tag.name == tag)))
-    if country:
-        q = q.where(Article.id.in_(select(ArticleEntity.article_id).where(
-            ArticleEntity.kind == "country", ArticleEntity.code == country.upper())))
-    if since:
-        q = q.where(sa.func.coalesce(Article.published_at, Article.created_at) >= since)
+    q = q.where(*_article_filters(tag=tag, since=since, country=country))
+    if ids is not None:
+        q = q.where(Article.id.in_(ids))
     rows = session.exec(q.order_by(Article.created_at.desc(), Article.id.desc()).limit(limit)).all()
     ids = [a.id for a, _ in rows]
     tags: dict[int, list[Tag]] = {}
@@ -349,8 +356,10 @@ def list_stories(
 ) -> list[dict[str, Any]]:
     """One dict per story, newest first: its representative article and every copy
     (outlet, URL, feed) that carried it."""
-    arts = list_articles(session, tag=tag, since=since, limit=limit * 20, country=country)
-    story_ids = list(dict.fromkeys(a["story_id"] for a in arts))[:limit]
+    story_ids = session.execute(
+        sa.select(Article.story_id).where(Article.story_id.is_not(None), *_article_filters(tag=tag, since=since, country=country))
+        .group_by(Article.story_id).order_by(sa.func.max(Article.created_at).desc(), Article.story_id.desc()).limit(limit)
+    ).scalars().all()
     if not story_ids:
         return []
     rows = session.execute(
@@ -368,10 +377,11 @@ def list_stories(
         copies.setdefault(sid, []).append({"article_id": aid, "url": url, "outlet": site or urlsplit(url).hostname,
                                            "feed_url": feed_url,
                                            "published_at": (published or created).isoformat()})
-    by_id = {a["id"]: a for a in arts}
+    rep_ids = {sid: representative.get(sid) or copies[sid][0]["article_id"] for sid in story_ids}
+    by_id = {a["id"]: a for a in list_articles(session, ids=list(rep_ids.values()), limit=len(rep_ids))}
     out = []
     for sid in story_ids:
-        rep = by_id.get(representative.get(sid)) or next(a for a in arts if a["story_id"] == sid)
+        rep = by_id[rep_ids[sid]]
         out.append({"story_id": sid, "title": rep["title"], "url": rep["url"], "representative_article_id": rep["id"],
                     "published_at": rep["published_at"], "tags": rep["tags"], "countries": rep["countries"],
                     "outlets": sorted({c["outlet"] for c in copies.get(sid, []) if c["outlet"]}),
