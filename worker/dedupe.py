@@ -41,6 +41,7 @@ def content_hash(text: str) -> Optional[str]:
 # index lives in the database (table story_bands), shared by every worker process.
 
 NUM_PERM = 128
+SCHEME = "affine32"            # datasketch's hashing scheme: fixed, since signatures are stored
 BANDS, ROWS = 42, 3            # candidate threshold ≈ (1/42)^(1/3) ≈ 0.29 Jaccard (126 of 128 permutations); measured in bench/eval_dedupe.py
 SHINGLE_WORDS = 5
 MAX_SHINGLE_WORDS = 3000       # the start of a story identifies it; bounds the cost
@@ -57,12 +58,16 @@ class Fingerprint:
 
     def bands(self) -> list[int]:
         """One signed 63-bit hash per LSH band (fits BIGINT on PostgreSQL and SQLite)."""
+        return list(self._bands)
+
+    @functools.cached_property
+    def _bands(self) -> tuple[int, ...]:      # looked up, locked and stored: computed once
         out = []
         for b in range(BANDS):
             chunk = self.hashvalues[b * ROWS:(b + 1) * ROWS]
             digest = hashlib.blake2b(struct.pack(f"<B{ROWS}Q", b, *chunk), digest_size=8).digest()
             out.append(int.from_bytes(digest, "little", signed=True) >> 1)
-        return out
+        return tuple(out)
 
     def to_bytes(self) -> bytes:
         return struct.pack(f"<I{NUM_PERM}Q", self.size, *self.hashvalues)
@@ -93,6 +98,14 @@ def shingles(text: str) -> set[int]:
     return set(shingle_hashes(text).tolist())
 
 
+@functools.lru_cache(maxsize=1)
+def _permutations() -> tuple[np.ndarray, np.ndarray]:
+    """MinHash's seeded permutations, drawn once instead of for every text."""
+    from datasketch import MinHash
+
+    return MinHash(num_perm=NUM_PERM, seed=1, scheme=SCHEME).permutations
+
+
 def fingerprint(text: str) -> Optional[Fingerprint]:
     """MinHash fingerprint of *text*; None when it is too short to compare (< 20 words)."""
     from datasketch import MinHash   # here: its package import pulls in scipy (~0.4 s) for LSH tuning we don't use
@@ -100,7 +113,7 @@ def fingerprint(text: str) -> Optional[Fingerprint]:
     hashes = shingle_hashes(text)
     if len(hashes) < 16:
         return None
-    m = MinHash(num_perm=NUM_PERM, seed=1, hashfunc=int)   # the values are hashes already
+    m = MinHash(num_perm=NUM_PERM, seed=1, hashfunc=int, permutations=_permutations(), scheme=SCHEME)
     m.update_batch(hashes.tolist())
     return Fingerprint(tuple(int(v) for v in m.hashvalues), len(hashes))
 

@@ -4,6 +4,7 @@ runs twice (redelivery, two workers) stores nothing twice."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
@@ -22,23 +23,22 @@ if TYPE_CHECKING:
     from .tagging import TagResult
 
 
-def _insert(session: Session, model: type) -> Any:
-    dialect = session.get_bind().dialect.name
-    table = model.__table__  # type: ignore[attr-defined]
-    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+@functools.lru_cache(maxsize=64)
+def _insert_stmt(dialect: str, table: sa.Table, returning: tuple[Any, ...] = ()) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` for *table*, built once: rows come as
+    parameters, so SQLAlchemy's compiled-statement cache is hit on every call."""
+    stmt = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)).on_conflict_do_nothing()
+    return stmt.returning(*returning) if returning else stmt
 
 
 def insert_ignore(session: Session, model: type, values: dict[str, Any] | list[dict[str, Any]], *returning: Any) -> Any:
     """Insert, doing nothing on any unique conflict.  With *returning* columns (one row
     only), returns the inserted row (None if it conflicted); otherwise the row count
     (which drivers may report as -1 for several rows)."""
-    if isinstance(values, list):
-        # executemany: one cached statement, whatever the number of rows
-        return session.execute(_insert(session, model).on_conflict_do_nothing(), values).rowcount
-    stmt = _insert(session, model).values(values).on_conflict_do_nothing()
-    if returning:
-        return session.execute(stmt.returning(*returning)).first()
-    return session.execute(stmt).rowcount
+    conn = session.connection()
+    stmt = _insert_stmt(conn.dialect.name, model.__table__, returning)  # type: ignore[attr-defined]
+    result = conn.execute(stmt, values)     # a list: executemany, one statement for all rows
+    return result.first() if returning else result.rowcount
 
 
 # ---------------------------------------------------------------- feeds
@@ -179,7 +179,7 @@ MAX_CANDIDATES = 50     # articles sharing a band that are compared in full
 def find_story(session: Session, fp: Fingerprint) -> Optional[int]:
     """The story of the most similar stored near copy of *fp*, if any.  Candidates come
     from equal LSH band hashes (an indexed lookup); each is confirmed on its signature."""
-    rows = session.execute(
+    rows = session.connection().execute(
         sa.select(Article.story_id, Article.fingerprint)
         .join(StoryBand, StoryBand.article_id == Article.id)
         .where(StoryBand.band_hash.in_(fp.bands()), Article.fingerprint.is_not(None))
@@ -202,6 +202,9 @@ def _lock_bands(session: Session, fp: Fingerprint) -> None:
                         {"hs": sorted(set(fp.bands()))})
 
 
+_NEW_STORY = sa.insert(Story).returning(Story.id)
+
+
 def save_article(
     session: Session, draft: ArticleDraft, feed_id: int, tags: Sequence[TagResult], entities: Sequence[Entity],
     tagger_version: str,
@@ -214,7 +217,7 @@ def save_article(
         _lock_bands(session, draft.fingerprint)
         story = find_story(session, draft.fingerprint)
     if story is None:
-        story = session.execute(sa.insert(Story).values(created_at=now).returning(Story.id)).scalar_one()
+        story = session.connection().execute(_NEW_STORY, {"created_at": now}).scalar_one()
         new_story = True
     row = insert_ignore(
         session, Article,
