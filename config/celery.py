@@ -25,8 +25,9 @@ worker_prefetch_multiplier = 1
 task_soft_time_limit = 120
 task_time_limit = 150
 
-# Redis: redeliver unacknowledged messages after this long; above the longest task and countdown.
-broker_transport_options = {"visibility_timeout": 3600}
+# Redis: the visibility timeout (redelivery of unacknowledged messages) is
+# NEWSWORKER_VISIBILITY_TIMEOUT; other transport options go here.
+broker_transport_options = {}
 result_expires = 24 * 3600
 task_serializer = "json"
 result_serializer = "json"
@@ -36,7 +37,8 @@ enable_utc = True
 broker_connection_retry_on_startup = True
 worker_hijack_root_logger = False
 
-# Beat: exactly one beat process per deployment sends this.
+# Beat: exactly one beat process per deployment sends these.  The dispatcher's
+# interval is NEWSWORKER_DISPATCH_INTERVAL (60 s by default).
 beat_schedule = {
     "dispatch-due-feeds": {"task": "worker.tasks.dispatch_due_feeds", "schedule": 60.0},
 }

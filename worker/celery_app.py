@@ -28,6 +28,11 @@ class _Config:
             values["broker_url"] = settings.broker_url
             values["result_backend"] = settings.result_backend
             values["beat_schedule_filename"] = str(settings.var_dir / "celerybeat-schedule")
+            values["beat_schedule"] = {name: {**entry, "schedule": settings.dispatch_interval}
+                                       if entry.get("task") == "worker.tasks.dispatch_due_feeds" else entry
+                                       for name, entry in values.get("beat_schedule", {}).items()}
+            values["broker_transport_options"] = {**values.get("broker_transport_options", {}),
+                                                  "visibility_timeout": settings.visibility_timeout}
             if settings.embedded:
                 # kombu's SQLAlchemy transport hands its options to create_engine(), and
                 # has no visibility timeout: Redis-only options must not reach it.

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     user_agent: str = "newsworker/0.1 (+https://github.com/newsworker/newsworker; news feed ingestion)"
     connect_timeout: float = 10.0
     read_timeout: float = 20.0
+    request_deadline: float = 60.0       # whole request, redirects included: a dripping server is cut off
     max_feed_bytes: int = 10 * 1024 * 1024
     max_page_bytes: int = 5 * 1024 * 1024
     max_entries_per_feed: int = 500
@@ -40,6 +41,13 @@ class Settings(BaseSettings):
     max_backoff: int = 6 * 3600
     disable_after_failures: int = 20     # consecutive permanent failures
     claim_timeout: int = 900             # a queued poll older than this is re-dispatched
+    dispatch_interval: float = 60.0      # beat sends the dispatcher this often (seconds)
+
+    # Redis broker: an unacknowledged message is redelivered after this long (seconds);
+    # above the longest task limit plus the longest retry countdown.
+    visibility_timeout: int = 3600
+    max_deliveries: int = 5              # a task started more often than this goes to the dead letters
+    raw_retention_days: int = 30         # raw page and feed bytes kept for `newsworker reextract`
 
     tagging_rules: Path = CONFIG_DIR / "tagging.yaml"
     entity_rules: Path = CONFIG_DIR / "entities.yaml"
