@@ -14,6 +14,7 @@ task_routes = {
     "worker.tasks.dispatch_due_feeds": {"queue": "feeds"},
     "worker.tasks.poll_feed": {"queue": "feeds"},
     "worker.tasks.process_entry": {"queue": "articles"},
+    "worker.tasks.purge_expired": {"queue": "feeds"},
 }
 
 # At-least-once delivery: acknowledge after the task ran; a killed worker's task is redelivered.
@@ -41,4 +42,6 @@ worker_hijack_root_logger = False
 # interval is NEWSWORKER_DISPATCH_INTERVAL (60 s by default).
 beat_schedule = {
     "dispatch-due-feeds": {"task": "worker.tasks.dispatch_due_feeds", "schedule": 60.0},
+    # raw page and feed bodies older than NEWSWORKER_RAW_RETENTION_DAYS
+    "purge-expired": {"task": "worker.tasks.purge_expired", "schedule": 3600.0},
 }

@@ -282,6 +282,21 @@ def retag(since: Optional[str] = typer.Option(None, "--since", help="Only articl
     out.print(f"re-tagged {count} articles with tagger {version}")
 
 
+@app.command("reextract")
+def reextract(since: Optional[str] = typer.Option(None, "--since", help="Only articles published (or stored) since, ISO-8601.")) -> None:
+    """Rebuild text and metadata from the kept page and feed bytes (after an extractor
+    upgrade or a fix), without fetching again; tags and entities follow."""
+    from . import runner
+
+    with Progress(TextColumn("re-extracting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err) as progress:
+        bar = progress.add_task("reextract", total=None)
+        rebuilt, missing = runner.reextract(_parse_since(since),
+                                            lambda done, total: progress.update(bar, completed=done, total=total))
+    out.print(f"re-extracted {rebuilt} articles" + (f"; {missing} had no kept page or feed body "
+                                                    "(older than the retention period)" if missing else ""))
+
+
 # ---------------------------------------------------------------- celery
 
 @app.command("worker")

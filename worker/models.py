@@ -88,8 +88,53 @@ class FetchEvent(SQLModel, table=True):
     http_status: Optional[int] = None
     items_seen: int = 0
     items_new: int = 0
+    items_rejected: int = 0                                # entries dropped: link not http(s), over the cap
     error: Optional[str] = Field(default=None, sa_type=sa.Text)
     duration_ms: Optional[int] = None
+    raw_id: Optional[int] = Field(default=None, foreign_key="raw_documents.id", ondelete="SET NULL")
+
+
+class RawDocument(SQLModel, table=True):
+    """A fetched page or feed body, zstd-compressed, kept for ``raw_retention_days`` so
+    text and metadata can be rebuilt without fetching again.  One row per distinct body."""
+
+    __tablename__ = "raw_documents"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    kind: str = Field(sa_type=sa.Text)                     # page | feed
+    url: str = Field(sa_type=sa.Text)                      # final URL, after redirects
+    sha256: str = Field(sa_column=sa.Column(sa.Text, nullable=False, unique=True))   # of the body
+    content_type: Optional[str] = Field(default=None, sa_type=sa.Text)
+    size: int = 0                                          # bytes before compression
+    body: bytes = Field(sa_type=sa.LargeBinary)            # zstd frame
+    fetched_at: datetime = _ts(nullable=False, default=utcnow, index=True)
+
+
+class DeadLetter(SQLModel, table=True):
+    """A task set aside after failing for good (or being delivered too often): kept with
+    its arguments and error for an operator, instead of being retried forever."""
+
+    __tablename__ = "dead_letters"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    task_id: str = Field(sa_type=sa.Text, index=True)
+    task_name: str = Field(sa_type=sa.Text)
+    args: Optional[Any] = Field(default=None, sa_type=sa.JSON, nullable=True)
+    error: str = Field(sa_type=sa.Text)
+    deliveries: int = 1
+    retries: int = 0
+    created_at: datetime = _ts(nullable=False, default=utcnow, index=True)
+
+
+class TaskDelivery(SQLModel, table=True):
+    """How often one attempt of a task was started.  A message that keeps killing its
+    worker is redelivered with the same id and retry count; past a limit it is dead."""
+
+    __tablename__ = "task_deliveries"
+
+    attempt: str = Field(sa_column=sa.Column(sa.Text, primary_key=True))   # "<task id>:<retries>"
+    deliveries: int = 1
+    updated_at: datetime = _ts(nullable=False, default=utcnow, index=True)
 
 
 class Story(SQLModel, table=True):
@@ -124,6 +169,10 @@ class Article(SQLModel, table=True):
     fingerprint: Optional[bytes] = Field(default=None, sa_type=sa.LargeBinary)
     text_source: str = Field(sa_type=sa.Text)              # page | feed_content | feed_summary | title
     fetch_error: Optional[str] = Field(default=None, sa_type=sa.Text)   # why the page was not used
+    # The bytes the article was made from (kept for `newsworker reextract`, for a retention period).
+    raw_page_id: Optional[int] = Field(default=None, foreign_key="raw_documents.id", ondelete="SET NULL")
+    raw_feed_id: Optional[int] = Field(default=None, foreign_key="raw_documents.id", ondelete="SET NULL")
+    extracted_at: Optional[datetime] = _ts()               # last (re)extraction
     fetched_at: datetime = _ts(nullable=False, default=utcnow)
     created_at: datetime = _ts(nullable=False, default=utcnow, index=True)
 

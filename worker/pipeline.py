@@ -15,7 +15,7 @@ from typing import Any, Optional
 import httpx
 from sqlmodel import Session
 
-from . import http, store
+from . import http, raw, store
 from .dedupe import content_hash, fingerprint
 from .entities import extract_entities
 from .errors import BlockedURL, FeedParseError, FetchError, PermanentFetchError, TemporaryFetchError
@@ -38,6 +38,7 @@ class PollResult:
     feed_url: str
     outcome: PollOutcome
     new_entries: list[ParsedEntry] = field(default_factory=list)
+    raw_feed_id: Optional[int] = None      # the kept feed body the new entries came from
 
 
 @dataclass
@@ -69,6 +70,7 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
     started = utcnow()
     t0 = time.perf_counter()
     new: list[ParsedEntry] = []
+    raw_feed_id: Optional[int] = None
     try:
         result = http.get(
             client, feed.url, etag=feed.etag, last_modified=feed.last_modified, max_bytes=settings.max_feed_bytes,
@@ -80,6 +82,9 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
             parsed = parse_feed(result.content, feed.url, content_type=result.content_type,
                                 max_entries=settings.max_entries_per_feed)
             new = _new_entries(session, feed.id, parsed.entries)
+            if new:     # keep the bytes the new articles come from (for `newsworker reextract`)
+                raw_feed_id = store.save_raw(session, raw.pack("feed", result.final_url, result.content,
+                                                               result.content_type))
             outcome = PollOutcome(OK, http_status=result.status, etag=result.etag, last_modified=result.last_modified,
                                   items_seen=len(parsed.entries), items_new=len(new),
                                   error=f"feed not well-formed: {parsed.warning}" if parsed.warning else None)
@@ -89,8 +94,8 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
         outcome = PollOutcome(TEMPORARY, http_status=exc.status, error=str(exc), retry_after=exc.retry_after)
     except (PermanentFetchError, BlockedURL, FeedParseError) as exc:
         outcome = PollOutcome(PERMANENT, http_status=exc.status, error=str(exc))
-    record_poll(session, feed, outcome, started, int((time.perf_counter() - t0) * 1000), settings)
-    return PollResult(feed.id, feed.url, outcome, new)
+    record_poll(session, feed, outcome, started, int((time.perf_counter() - t0) * 1000), settings, raw_feed_id)
+    return PollResult(feed.id, feed.url, outcome, new, raw_feed_id)
 
 
 def _new_entries(session: Session, feed_id: int, entries: list[ParsedEntry]) -> list[ParsedEntry]:
@@ -102,7 +107,8 @@ def _new_entries(session: Session, feed_id: int, entries: list[ParsedEntry]) -> 
     return [e for u, e in by_url.items() if u not in known]
 
 
-def record_poll(session: Session, feed: Feed, outcome: PollOutcome, started, duration_ms: int, settings: Settings) -> None:
+def record_poll(session: Session, feed: Feed, outcome: PollOutcome, started, duration_ms: int, settings: Settings,
+                raw_id: Optional[int] = None) -> None:
     """Apply the scheduling policy to *feed* and log the poll as a fetch event."""
     now = utcnow()
     state = next_state(outcome, now=now, interval=feed.interval_seconds, error_count=feed.error_count, settings=settings)
@@ -125,7 +131,7 @@ def record_poll(session: Session, feed: Feed, outcome: PollOutcome, started, dur
     store.add_fetch_event(
         session, feed_id=feed.id, started_at=started, finished_at=now, outcome=outcome.status,
         http_status=outcome.http_status, items_seen=outcome.items_seen, items_new=outcome.items_new,
-        error=outcome.error, duration_ms=duration_ms,
+        error=outcome.error, duration_ms=duration_ms, raw_id=raw_id,
     )
 
 
@@ -139,13 +145,16 @@ class Page:
     result: Optional[http.FetchResult] = None
     error: Optional[FetchError] = None
     tree: Any = None          # the parsed HTML (lxml), when parsed ahead
+    raw_body: Optional[raw.RawBody] = None     # the body, compressed for keeping
 
 
 def parse_page(page: Page) -> Page:
-    """Parse the page's HTML now.  lxml releases the GIL while parsing, so pages
-    fetched ahead in threads are parsed there, in parallel with extraction."""
+    """Parse the page's HTML and compress its bytes for keeping.  lxml and zstd release
+    the GIL, so pages fetched ahead in threads are prepared there, beside extraction."""
     if page.result is not None and page.tree is None:
-        page.tree = parse_html(page.result.content)
+        r = page.result
+        page.tree = parse_html(r.content)
+        page.raw_body = raw.pack("page", r.final_url, r.content, r.content_type)
     return page
 
 
@@ -165,10 +174,11 @@ def fetch_page(client: httpx.Client, url: str, settings: Settings) -> Page:
 
 def process_entry(
     session: Session, client: httpx.Client, feed_id: int, entry: ParsedEntry, tagger: Tagger, settings: Settings,
-    *, fallback_on_temporary: bool = True, page: Optional[Page] = None,
+    *, fallback_on_temporary: bool = True, page: Optional[Page] = None, raw_feed_id: Optional[int] = None,
 ) -> EntryResult:
     """Store one feed entry as an article (or link it to the article it duplicates).
-    *page* is the entry's page when already fetched.  With ``fallback_on_temporary=False``
+    *page* is the entry's page when already fetched; *raw_feed_id* the kept feed body
+    the entry came from.  With ``fallback_on_temporary=False``
     a temporary page-fetch error is raised so the caller can retry later; otherwise the
     feed's own content is used."""
     canonical = canonicalise(entry.link)
@@ -178,8 +188,9 @@ def process_entry(
         if existing is not None:
             store.link_feed(session, existing, feed_id, entry.guid, entry.link)
             return EntryResult(existing, False)
-        page = fetch_page(client, entry.link, settings)
+        page = parse_page(fetch_page(client, entry.link, settings))
     draft = make_article(entry, canonical, page, settings, fallback_on_temporary=fallback_on_temporary)
+    draft.raw_feed_id = raw_feed_id
     if draft.canonical_url != canonical:
         existing = store.known_article(session, [draft.canonical_url])
         if existing is not None:
@@ -246,4 +257,49 @@ def make_article(
         fingerprint=fingerprint(text) if source in ("page", "feed_content") else None,
         fetch_error=fetch_error,
         alias_urls=tuple(sorted(aliases)),
+        raw_page=page.raw_body,
     )
+
+
+# ---------------------------------------------------------------- re-extraction
+
+def reextract_article(session: Session, article_id: int, tagger: Tagger, settings: Settings) -> bool:
+    """Rebuild one stored article's text, metadata, fingerprint, tags and entities from
+    its kept page and feed bodies, without fetching.  False when nothing was kept."""
+    from .models import Article, RawDocument
+
+    a = session.get(Article, article_id)
+    if a is None or (a.raw_page_id is None and a.raw_feed_id is None):
+        return False
+    entry = _kept_entry(session, a, settings) or ParsedEntry(
+        link=a.url, guid=a.guid, title=a.title, summary=a.summary, author=a.author, published_at=a.published_at)
+    doc = session.get(RawDocument, a.raw_page_id) if a.raw_page_id else None
+    if doc is not None:
+        result = http.FetchResult(doc.url, doc.url, 200, raw.unpack(doc.body), {"content-type": doc.content_type or ""})
+        page = parse_page(Page(doc.url, result))
+    else:
+        page = Page(a.url, error=PermanentFetchError(a.url, a.fetch_error or "the page body was not kept"))
+    draft = make_article(entry, a.canonical_url, page, settings)
+    draft.raw_feed_id = a.raw_feed_id
+    tags = tagger.tag(draft.title, draft.text, draft.language)
+    store.update_article(session, a, draft, tags, extract_entities(draft.title, draft.text, draft.language),
+                         tagger.version)
+    return True
+
+
+def _kept_entry(session: Session, article: Any, settings: Settings) -> Optional[ParsedEntry]:
+    """The article's entry, parsed again from the kept feed body."""
+    from .models import RawDocument
+
+    doc = session.get(RawDocument, article.raw_feed_id) if article.raw_feed_id else None
+    if doc is None:
+        return None
+    try:
+        parsed = parse_feed(raw.unpack(doc.body), doc.url, content_type=doc.content_type or "",
+                            max_entries=settings.max_entries_per_feed)
+    except FeedParseError:
+        return None
+    for e in parsed.entries:
+        if e.link == article.url or (article.guid and e.guid == article.guid) or canonicalise(e.link) == article.canonical_url:
+            return e
+    return None

@@ -139,11 +139,44 @@ def run_inline(feed_ids: list[int], on_event: Optional[Callable[..., None]] = No
             notify("entries", f"feed {fid}: {len(result.new_entries)} new entries", len(result.new_entries))
             for entry, page in zip(result.new_entries, _prefetch(client, result.new_entries, settings)):
                 with session_scope() as s:
-                    r = pipeline.process_entry(s, client, fid, entry, tagger, settings, page=page)
+                    r = pipeline.process_entry(s, client, fid, entry, tagger, settings, page=page,
+                                               raw_feed_id=result.raw_feed_id)
                 summary.articles_new += r.created
                 notify("entry", entry.link)
             notify("feed", f"feed {fid}: {o.status}")
     return summary
+
+
+def _for_each_article(cond: Any, work: Callable[[Any, list[int]], int],
+                      on_progress: Optional[Callable[[int, int], None]], batch: int) -> int:
+    """Run *work(session, ids)* over the articles matching *cond*, in id order, one
+    transaction per batch; returns how many *work* reported done."""
+    import sqlalchemy as sa
+
+    from .models import Article
+
+    with session_scope() as s:
+        total = s.execute(sa.select(sa.func.count()).select_from(Article).where(cond)).scalar_one()
+    seen, done, last_id = 0, 0, 0
+    while True:
+        with session_scope() as s:
+            ids = s.execute(sa.select(Article.id).where(cond, Article.id > last_id).order_by(Article.id)
+                            .limit(batch)).scalars().all()
+            done += work(s, list(ids)) if ids else 0
+        if not ids:
+            return done
+        seen += len(ids)
+        last_id = ids[-1]
+        if on_progress:
+            on_progress(seen, total)
+
+
+def _since(since: Optional[datetime]) -> Any:
+    import sqlalchemy as sa
+
+    from .models import Article
+
+    return sa.true() if since is None else sa.func.coalesce(Article.published_at, Article.created_at) >= since
 
 
 def retag(since: Optional[datetime] = None, on_progress: Optional[Callable[[int, int], None]] = None,
@@ -158,22 +191,32 @@ def retag(since: Optional[datetime] = None, on_progress: Optional[Callable[[int,
     from .tagging import load_tagger
 
     tagger = load_tagger()
-    cond = sa.true() if since is None else sa.func.coalesce(Article.published_at, Article.created_at) >= since
-    with session_scope() as s:
-        total = s.execute(sa.select(sa.func.count()).select_from(Article).where(cond)).scalar_one()
-    done, last_id = 0, 0
-    while True:
-        with session_scope() as s:
-            rows = s.execute(
-                sa.select(Article.id, Article.title, Article.text, Article.language)
-                .where(cond, Article.id > last_id).order_by(Article.id).limit(batch)
-            ).all()
-            for aid, title, text, language in rows:
-                store.replace_analysis(s, aid, tagger.tag(title, text, language),
-                                       extract_entities(title, text, language), tagger.version)
-        if not rows:
-            return done, tagger.version
-        done += len(rows)
-        last_id = rows[-1][0]
-        if on_progress:
-            on_progress(done, total)
+
+    def work(s: Any, ids: list[int]) -> int:
+        rows = s.execute(sa.select(Article.id, Article.title, Article.text, Article.language)
+                         .where(Article.id.in_(ids))).all()
+        for aid, title, text, language in rows:
+            store.replace_analysis(s, aid, tagger.tag(title, text, language),
+                                   extract_entities(title, text, language), tagger.version)
+        return len(rows)
+
+    return _for_each_article(_since(since), work, on_progress, batch), tagger.version
+
+
+def reextract(since: Optional[datetime] = None, on_progress: Optional[Callable[[int, int], None]] = None,
+              batch: int = 50) -> tuple[int, int]:
+    """Rebuild text, metadata, tags and entities of stored articles from their kept
+    page and feed bodies, without fetching.  Returns (rebuilt, without kept bodies)."""
+    from . import pipeline
+    from .tagging import load_tagger
+
+    settings = get_settings()
+    tagger = load_tagger()
+    counted = {"total": 0}
+
+    def work(s: Any, ids: list[int]) -> int:
+        counted["total"] += len(ids)
+        return sum(pipeline.reextract_article(s, aid, tagger, settings) for aid in ids)
+
+    rebuilt = _for_each_article(_since(since), work, on_progress, batch)
+    return rebuilt, counted["total"] - rebuilt

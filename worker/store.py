@@ -16,7 +16,9 @@ from sqlmodel import Session, select
 
 from .errors import FeedNotFound
 from .dedupe import Fingerprint, same_story, similarity
-from .models import Article, ArticleEntity, ArticleFeed, ArticleURL, Feed, FetchEvent, Story, StoryBand, Tag, utcnow
+from .models import (Article, ArticleEntity, ArticleFeed, ArticleURL, DeadLetter, Feed, FetchEvent, RawDocument, Story,
+                     StoryBand, Tag, TaskDelivery, utcnow)
+from .raw import RawBody
 
 if TYPE_CHECKING:
     from .entities import Entity
@@ -103,6 +105,47 @@ def add_fetch_event(session: Session, **values: Any) -> None:
     session.add(FetchEvent(**values))
 
 
+# ---------------------------------------------------------------- raw bodies, dead letters
+
+def save_raw(session: Session, raw: RawBody) -> int:
+    """Keep a fetched body (once per distinct content); returns its id."""
+    row = insert_ignore(session, RawDocument,
+                        {"kind": raw.kind, "url": raw.url, "sha256": raw.sha256, "content_type": raw.content_type,
+                         "size": raw.size, "body": raw.body, "fetched_at": utcnow()}, RawDocument.id)
+    if row is not None:
+        return row[0]
+    return session.execute(sa.select(RawDocument.id).where(RawDocument.sha256 == raw.sha256)).scalar_one()
+
+
+def purge_expired(session: Session, raw_before: datetime, deliveries_before: datetime, batch: int = 1000) -> int:
+    """Drop raw bodies fetched before *raw_before* (articles keep their text; the
+    foreign keys set their raw_*_id to NULL) and old delivery counters.  Returns raw bodies removed."""
+    removed = 0
+    while True:
+        ids = session.execute(sa.select(RawDocument.id).where(RawDocument.fetched_at < raw_before).limit(batch)).scalars().all()
+        if not ids:
+            break
+        session.execute(sa.delete(RawDocument).where(RawDocument.id.in_(ids)))
+        removed += len(ids)
+    session.execute(sa.delete(TaskDelivery).where(TaskDelivery.updated_at < deliveries_before))
+    return removed
+
+
+def count_delivery(session: Session, attempt: str) -> int:
+    """Count one more start of a task attempt; returns how many there have been."""
+    conn = session.connection()
+    ins = postgresql.insert(TaskDelivery) if conn.dialect.name == "postgresql" else sqlite.insert(TaskDelivery)
+    stmt = ins.values(attempt=attempt, deliveries=1, updated_at=utcnow()).on_conflict_do_update(
+        index_elements=[TaskDelivery.attempt],
+        set_={"deliveries": TaskDelivery.deliveries + 1, "updated_at": utcnow()},
+    ).returning(TaskDelivery.deliveries)
+    return conn.execute(stmt).scalar_one()
+
+
+def add_dead_letter(session: Session, **values: Any) -> None:
+    session.add(DeadLetter(**values))
+
+
 # ---------------------------------------------------------------- articles
 
 @dataclass
@@ -124,6 +167,8 @@ class ArticleDraft:
     fingerprint: Optional[Fingerprint] = None
     fetch_error: Optional[str] = None
     alias_urls: tuple[str, ...] = ()       # other canonical URLs that led here (entry link vs page canonical)
+    raw_page: Optional[RawBody] = None     # the page body, kept for re-extraction
+    raw_feed_id: Optional[int] = None      # the kept feed body the entry came from
 
 
 def known_article(session: Session, canonical_urls: Iterable[str]) -> Optional[int]:
@@ -219,6 +264,7 @@ def save_article(
     if story is None:
         story = session.connection().execute(_NEW_STORY, {"created_at": now}).scalar_one()
         new_story = True
+    raw_page_id = save_raw(session, draft.raw_page) if draft.raw_page is not None else None
     row = insert_ignore(
         session, Article,
         {"url": draft.url, "canonical_url": draft.canonical_url, "guid": draft.guid, "feed_id": feed_id,
@@ -226,7 +272,8 @@ def save_article(
          "site_name": draft.site_name, "published_at": draft.published_at, "language": draft.language,
          "content_hash": draft.content_hash, "text_source": draft.text_source, "fetch_error": draft.fetch_error,
          "fingerprint": draft.fingerprint.to_bytes() if draft.fingerprint else None,
-         "fetched_at": now, "created_at": now, "story_id": story},
+         "fetched_at": now, "created_at": now, "extracted_at": now, "story_id": story,
+         "raw_page_id": raw_page_id, "raw_feed_id": draft.raw_feed_id},
         Article.id,
     )
     created = row is not None
@@ -251,6 +298,29 @@ def save_article(
     add_urls(session, article_id, [draft.canonical_url, *draft.alias_urls], draft.url)
     link_feed(session, article_id, feed_id, draft.guid, draft.url)
     return article_id, created
+
+
+def update_article(session: Session, article: Article, draft: ArticleDraft, tags: Sequence[TagResult],
+                   entities: Sequence[Entity], tagger_version: str) -> None:
+    """Replace a stored article's text, metadata, fingerprint, tags and entities with
+    *draft*'s (``newsworker reextract``).  Its URL and story stay as they are; a new
+    text that exactly copies another article keeps its old content hash."""
+    taken = draft.content_hash and session.execute(
+        sa.select(Article.id).where(Article.content_hash == draft.content_hash, Article.id != article.id)
+    ).first()
+    for key in ("title", "text", "summary", "author", "site_name", "published_at", "language", "text_source",
+                "fetch_error"):
+        setattr(article, key, getattr(draft, key))
+    if not taken:
+        article.content_hash = draft.content_hash
+    article.fingerprint = draft.fingerprint.to_bytes() if draft.fingerprint else None
+    article.extracted_at = utcnow()
+    session.add(article)
+    session.execute(sa.delete(StoryBand).where(StoryBand.article_id == article.id))
+    if draft.fingerprint is not None:
+        insert_ignore(session, StoryBand, [{"band_hash": h, "article_id": article.id}
+                                           for h in sorted(set(draft.fingerprint.bands()))])
+    replace_analysis(session, article.id, tags, entities, tagger_version)
 
 
 def _set_representative(session: Session, story_id: int) -> None:

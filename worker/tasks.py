@@ -24,6 +24,43 @@ from .settings import get_settings
 from .tagging import load_tagger
 
 log = get_task_logger(__name__)
+
+
+class GuardedTask(app.Task):
+    """At-least-once delivery, bounded: each start of a delivered message is counted
+    (per task id and retry), and a message started more than ``max_deliveries`` times
+    without finishing (it keeps killing its worker or hitting the hard time limit) is
+    set aside in the dead letters.  So is a task that fails for good."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        req = self.request
+        if req.id and not req.is_eager:         # a delivered message, not a direct call
+            try:
+                with session_scope() as session:
+                    starts = store.count_delivery(session, f"{req.id}:{req.retries or 0}")
+            except OperationalError:
+                starts = 1                      # database down: the task itself will retry
+            if starts > get_settings().max_deliveries:
+                error = (f"started {starts} times without finishing (worker killed or hard time limit each time); "
+                         "set aside, not retried")
+                self._dead_letter(req.id, args, kwargs, error, starts)
+                return {"status": "dead_letter", "error": error}
+        return super().__call__(*args, **kwargs)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        self._dead_letter(task_id, args, kwargs, f"{type(exc).__name__}: {exc}", None)
+
+    def _dead_letter(self, task_id: str, args: Any, kwargs: Any, error: str, starts: Optional[int]) -> None:
+        retries = self.request.retries or 0
+        log.error("task %s[%s] set aside in dead_letters after %s retries: %s. Inspect the row, fix the cause, "
+                  "then re-run it (newsworker fetch --feed ID).", self.name, task_id, retries, error)
+        try:
+            with session_scope() as session:
+                store.add_dead_letter(session, task_id=task_id, task_name=self.name,
+                                      args={"args": list(args or ()), "kwargs": dict(kwargs or {})}, error=error,
+                                      deliveries=starts or 1, retries=retries)
+        except OperationalError as exc:
+            log.error("could not record dead letter for task %s[%s]: database unreachable (%s)", self.name, task_id, exc)
 _client: Optional[tuple[int, httpx.Client]] = None
 PAGE_TRIES = 3          # temporary page errors are retried this often before the feed's text is used
 
@@ -42,7 +79,7 @@ def backoff(retries: int, retry_after: Optional[float] = None) -> float:
     return max(delay, retry_after or 0)
 
 
-@app.task(soft_time_limit=30, time_limit=60)
+@app.task(base=GuardedTask, soft_time_limit=30, time_limit=60)
 def dispatch_due_feeds(limit: int = 1000) -> list[int]:
     """Claim the feeds that are due and enqueue one poll for each (beat runs this every minute)."""
     settings = get_settings()
@@ -54,7 +91,7 @@ def dispatch_due_feeds(limit: int = 1000) -> list[int]:
     return ids
 
 
-@app.task(bind=True, soft_time_limit=90, time_limit=120, max_retries=5)
+@app.task(base=GuardedTask, bind=True, soft_time_limit=90, time_limit=120, max_retries=5)
 def poll_feed(self: Any, feed_id: int) -> dict[str, Any]:
     """Poll one feed; enqueue one ``process_entry`` per new entry."""
     settings = get_settings()
@@ -65,7 +102,7 @@ def poll_feed(self: Any, feed_id: int) -> dict[str, Any]:
         return {"feed_id": feed_id, "status": "missing", "error": str(exc), "entry_tasks": []}
     except OperationalError as exc:      # database unreachable: try again later
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
-    task_ids = [process_entry.delay(feed_id, e.to_dict()).id for e in result.new_entries]
+    task_ids = [process_entry.delay(feed_id, e.to_dict(), result.raw_feed_id).id for e in result.new_entries]
     o = result.outcome
     if o.error:
         # One line an operator can act on: which feed, what happened, what newsworker will do.
@@ -74,8 +111,8 @@ def poll_feed(self: Any, feed_id: int) -> dict[str, Any]:
             "items_seen": o.items_seen, "items_new": o.items_new, "error": o.error, "entry_tasks": task_ids}
 
 
-@app.task(bind=True, soft_time_limit=90, time_limit=120, max_retries=8)
-def process_entry(self: Any, feed_id: int, entry: dict[str, Any]) -> dict[str, Any]:
+@app.task(base=GuardedTask, bind=True, soft_time_limit=90, time_limit=120, max_retries=8)
+def process_entry(self: Any, feed_id: int, entry: dict[str, Any], raw_feed_id: Optional[int] = None) -> dict[str, Any]:
     """Fetch, extract, deduplicate, tag and store one feed entry."""
     settings = get_settings()
     parsed = ParsedEntry.from_dict(entry)
@@ -83,9 +120,21 @@ def process_entry(self: Any, feed_id: int, entry: dict[str, Any]) -> dict[str, A
     try:
         with session_scope() as session:
             result = pipeline.process_entry(session, http_client(), feed_id, parsed, load_tagger(), settings,
-                                            fallback_on_temporary=last_try)
+                                            fallback_on_temporary=last_try, raw_feed_id=raw_feed_id)
     except TemporaryFetchError as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries, exc.retry_after))
     except OperationalError as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
     return {"url": parsed.link, **asdict(result)}
+
+
+@app.task(base=GuardedTask, soft_time_limit=300, time_limit=360)
+def purge_expired() -> int:
+    """Drop raw bodies past the retention period (beat runs this hourly)."""
+    now = utcnow()
+    with session_scope() as session:
+        removed = store.purge_expired(session, now - timedelta(days=get_settings().raw_retention_days),
+                                      now - timedelta(days=1))
+    if removed:
+        log.info("purged %d raw bodies older than %d days", removed, get_settings().raw_retention_days)
+    return removed
