@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export NEWSWORKER_CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: install run demo test test-fast bench eval clean
+.PHONY: install run demo test test-fast bench eval soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "newsworker needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
@@ -33,6 +33,12 @@ test: install
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/dedupe_scale.py
+
+## Continuous polling of good and hostile feeds through the real service, with worker
+## restarts: nothing lost or duplicated, memory flat.  SOAK_MINUTES=30 for the full run.
+SOAK_MINUTES ?= 30
+soak: install
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 eval: install
 	$(BIN)/python bench/eval_tagging.py

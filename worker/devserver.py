@@ -61,6 +61,7 @@ class Route:
     last_modified: str | None = None
     auto_etag: bool = True
     delay: float = 0.0  # seconds to wait before answering (timeouts, slow feeds)
+    drip: float = 0.0   # seconds between body bytes (a server that drips its answer)
     _gzipped: bytes | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -147,7 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Last-Modified"] = route.last_modified
             if route.not_modified(self.headers):
                 status, body = 304, b""
-            elif len(body) > GZIP_MIN_BYTES:
+            elif len(body) > GZIP_MIN_BYTES and "Content-Encoding" not in route.headers:   # pre-encoded: as is
                 headers["Vary"] = "Accept-Encoding"
                 if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
                     body = route.gzipped()
@@ -163,7 +164,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         if not head and status != 304:
-            self.wfile.write(body)
+            if route is not None and route.drip:
+                try:
+                    for i in range(len(body)):
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(route.drip)
+                except OSError:         # the client gave up: that is the point
+                    self.close_connection = True
+            else:
+                self.wfile.write(body)
 
 
 def _accepts_gzip(value: str) -> bool:
@@ -178,6 +188,11 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     dev: DevServer
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that hangs up (a killed worker, a deadline cut) is routine here.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class DevServer:

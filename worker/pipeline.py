@@ -98,6 +98,12 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
     return PollResult(feed.id, feed.url, outcome, new, raw_feed_id)
 
 
+def record_interrupted_poll(session: Session, feed_id: int, error: str, settings: Settings) -> None:
+    """Record a poll that was cut off from outside (the task's time limit) as a
+    temporary failure, so it is rescheduled with backoff and shows in the feed's health."""
+    record_poll(session, store.get_feed(session, feed_id), PollOutcome(TEMPORARY, error=error), utcnow(), None, settings)
+
+
 def _new_entries(session: Session, feed_id: int, entries: list[ParsedEntry]) -> list[ParsedEntry]:
     """Entries whose canonical URL is not stored yet.  Stored ones are linked to this
     feed too: an article can be reached from several feeds."""
@@ -107,7 +113,7 @@ def _new_entries(session: Session, feed_id: int, entries: list[ParsedEntry]) -> 
     return [e for u, e in by_url.items() if u not in known]
 
 
-def record_poll(session: Session, feed: Feed, outcome: PollOutcome, started, duration_ms: int, settings: Settings,
+def record_poll(session: Session, feed: Feed, outcome: PollOutcome, started, duration_ms: Optional[int], settings: Settings,
                 raw_id: Optional[int] = None) -> None:
     """Apply the scheduling policy to *feed* and log the poll as a fetch event."""
     now = utcnow()

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any, Optional
 
 import httpx
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
@@ -100,6 +101,12 @@ def poll_feed(self: Any, feed_id: int) -> dict[str, Any]:
             result = pipeline.poll_feed(session, http_client(), feed_id, settings)
     except FeedNotFound as exc:
         return {"feed_id": feed_id, "status": "missing", "error": str(exc), "entry_tasks": []}
+    except SoftTimeLimitExceeded:
+        error = f"feed {feed_id}: the poll did not finish within the task's {self.soft_time_limit} s limit"
+        with session_scope() as session:
+            pipeline.record_interrupted_poll(session, feed_id, error, settings)
+        log.warning("%s (will be retried with backoff)", error)
+        return {"feed_id": feed_id, "status": "temporary", "error": error, "entry_tasks": []}
     except OperationalError as exc:      # database unreachable: try again later
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
     task_ids = [process_entry.delay(feed_id, e.to_dict(), result.raw_feed_id).id for e in result.new_entries]
