@@ -3,6 +3,9 @@ the Celery configuration and the migrations."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -68,3 +71,20 @@ def test_each_queue_has_its_own_routing_key():
 
     keys = [(q.exchange.name, q.routing_key) for q in app.conf.task_queues]
     assert len(set(keys)) == len(keys) == 2
+
+
+def test_visibility_timeout_exceeds_the_longest_task_and_countdown():
+    """Redis redelivers an unacknowledged message after the visibility timeout: it must
+    outlast the longest task and the longest retry countdown, or a healthy task runs twice."""
+    from worker import tasks
+    from worker.settings import Settings
+
+    longest_task = max(t.time_limit for t in (tasks.dispatch_due_feeds, tasks.poll_feed, tasks.process_entry,
+                                              tasks.purge_expired))
+    longest_countdown = max(tasks.backoff(r) for r in range(20) for _ in range(50))
+    assert Settings().visibility_timeout > longest_task + longest_countdown
+    # and it reaches the Redis transport
+    code = "from worker.celery_app import app; print(app.conf.broker_transport_options['visibility_timeout'])"
+    env = {**os.environ, "NEWSWORKER_BROKER_URL": "redis://127.0.0.1:6379/0", "NEWSWORKER_VISIBILITY_TIMEOUT": "4321"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "4321"
