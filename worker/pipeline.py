@@ -75,6 +75,7 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
         result = http.get(
             client, feed.url, etag=feed.etag, last_modified=feed.last_modified, max_bytes=settings.max_feed_bytes,
             allowed_private_hosts=settings.allowed_private_hosts, accept=FEED_ACCEPT,
+            deadline=settings.request_deadline,
         )
         if result.not_modified:
             outcome = PollOutcome(NOT_MODIFIED, http_status=304, etag=feed.etag, last_modified=feed.last_modified)
@@ -169,7 +170,8 @@ def fetch_page(client: httpx.Client, url: str, settings: Settings) -> Page:
     so pages can be fetched ahead (in threads) of the step that uses them."""
     try:
         result = http.get(client, url, max_bytes=settings.max_page_bytes,
-                          allowed_private_hosts=settings.allowed_private_hosts, accept=PAGE_ACCEPT)
+                          allowed_private_hosts=settings.allowed_private_hosts, accept=PAGE_ACCEPT,
+                          deadline=settings.request_deadline)
         ctype = result.content_type.lower()
         if ctype and not any(t in ctype for t in _HTML_TYPES):
             raise PermanentFetchError(url, f"not an HTML page (Content-Type {result.content_type})", status=result.status)
