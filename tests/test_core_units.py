@@ -86,6 +86,9 @@ def test_entry_roundtrips_through_a_task_message():
     ("https://example.org/world/story-1?amp=1&page=2", "https://example.org/world/story-1?page=2"),
     ("https://example.org/world/story-1?outputType=amp", "https://example.org/world/story-1"),
     ("https://m.example.co.uk/news/ampere-record", "https://example.co.uk/news/ampere-record"),  # 'amp' inside a word stays
+    # parameters that name the article are kept (sorted), trackers dropped: two videos stay two
+    ("https://www.youtube.com/watch?v=abc&utm_source=rss", "https://youtube.com/watch?v=abc"),
+    ("https://news.example.org/view?story=7&sid=2&ref=twitter", "https://news.example.org/view?sid=2&story=7"),
 ])
 def test_canonicalise(url, expected):
     assert canonicalise(url) == expected

@@ -109,3 +109,23 @@ def test_temporary_page_error_is_raised_for_a_retry_when_asked(setup, devserver)
     with session_scope(url) as s:
         r = pipeline.process_entry(s, client, fid, entry, load_tagger(), settings)
     assert r.created and r.text_source == "feed_summary" and "HTTP 503" in r.fetch_error
+
+
+def test_refused_entry_links_are_counted_in_the_fetch_event(setup, devserver):
+    settings, client, url = setup
+    devserver.add("/mixed.xml", f"""<?xml version="1.0"?><rss version="2.0"><channel><title>mixed</title>
+      <item><title>fine</title><link>{devserver.base_url}/fine.html</link></item>
+      <item><title>script</title><link>javascript:alert(1)</link></item>
+      <item><title>file</title><link>file:///etc/passwd</link></item></channel></rss>""",
+                  content_type="application/rss+xml")
+    with session_scope(url) as s:
+        fid = store.add_feed(s, f"{devserver.base_url}/mixed.xml")[0].id
+    with session_scope(url) as s:
+        result = pipeline.poll_feed(s, client, fid, settings)
+    assert [e.link for e in result.new_entries] == [f"{devserver.base_url}/fine.html"]
+    with session_scope(url) as s:
+        event = s.exec(select(FetchEvent)).one()
+        feed = s.get(Feed, fid)
+    assert (event.outcome, event.items_seen, event.items_rejected) == ("ok", 1, 2)
+    assert "2 entries with links refused" in event.error and "javascript:" in event.error
+    assert feed.last_error == event.error          # shown with the feed's health

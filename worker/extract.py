@@ -32,8 +32,6 @@ _EXTRACT_OPTIONS = dict(
 _DATE_OPTIONS = {"extensive_search": False, "original_date": True}
 
 _BLOCK_TAGS = {"p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "tr", "section", "article"}
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_SPACES = re.compile(r"[ \t\u00a0]+")
 _BLANKS = re.compile(r"\n\s*\n+")
 
 
@@ -52,11 +50,45 @@ class Extracted:
 
 
 def clean_text(text: str, max_chars: int | None = None) -> str:
-    """Valid, NFC-normalised text without control characters or runs of blank lines."""
-    text = unicodedata.normalize("NFC", _CONTROL.sub("", text))
-    text = _SPACES.sub(" ", text)
+    """Valid, NFC-normalised text without control characters or runs of blank lines:
+    encodable as strict UTF-8 (PostgreSQL refuses NUL and lone surrogates), UTF-8
+    mojibake repaired, invisible junk removed, lines stripped, spaces collapsed.
+    About 10 µs a KB on clean text (the Zyte pages' extracted texts)."""
+    # Patterns are given as strings (the re module caches them compiled) so that this
+    # function's changes stay inside it.  A pass over 5 KB costs ~13 µs.
+    # Junk: C0 and C1 controls but \t \n \r (\t becomes a space, \r a line break,
+    # below); lone surrogates and the noncharacters U+FFFE/U+FFFF; invisible characters
+    # that only get in the way of search and dedupe: soft hyphen, zero-width space, word
+    # joiner, BOM, and the bidi embedding/override/isolate controls (an unbalanced one
+    # reorders whatever is displayed after it).  Kept: ZWJ/ZWNJ (emoji, Indic and
+    # Persian scripts need them) and the LRM/RLM marks.
+    junk = ("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b\u202a-\u202e\u2060\u2066-\u2069"
+            "\ufeff\ufffe\uffff\ud800-\udfff]")
+    ascii_only = text.isascii()     # most English text: then only the controls can apply
+    c1 = False
+    if re.search(junk, text):
+        # C1 controls stay for now: they are cp1252 bytes read as Latin-1, for ftfy.
+        c1 = not ascii_only and re.search("[\x80-\x9f]", text) is not None
+        text = re.sub(junk.replace("\x7f-\x9f", "\x7f"), "", text)     # all the junk but C1
+    if not ascii_only:
+        text = unicodedata.normalize("NFC", text)
+        # Mis-decoded UTF-8 ("DÃ¼sseldorf", "â€™"): a lead byte read as cp1252/Latin-1
+        # then a continuation byte.  This test costs ~3 µs a KB, ftfy ~270 µs a KB, so
+        # ftfy runs only here; it leaves alone text it cannot improve.
+        if c1 or re.search("[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192"
+                           "\u02c6\u02dc\u2013\u2014\u2018-\u201a\u201c-\u201e\u2020-\u2022\u2026\u2030"
+                           "\u2039\u203a\u20ac\u2122]", text):
+            import ftfy
+
+            text = ftfy.fix_encoding(ftfy.fixes.fix_c1_controls(text))
+            text = unicodedata.normalize("NFC", re.sub(junk, "", text))     # "â€‹" was a zero-width space
+    # Tabs and no-break spaces become spaces, runs of spaces one: str.replace and the
+    # guard are C-speed, where a regex over every space cost 110 µs per 5 KB.
+    text = text.replace("\t", " ").replace("\u00a0", " ")
+    if "  " in text:
+        text = re.sub(" {2,}", " ", text)
     text = _BLANKS.sub("\n\n", "\n".join(line.strip() for line in text.splitlines())).strip()
-    return text[:max_chars] if max_chars else text
+    return text[:max_chars].rstrip() if max_chars else text     # rstrip: cleaning it again changes nothing
 
 
 def parse_date(value: Optional[str]) -> Optional[datetime]:
@@ -131,15 +163,21 @@ def strip_headline(text: str, *titles: Optional[str]) -> str:
 
 
 def html_to_text(html: Optional[str]) -> str:
-    """Plain text of an HTML fragment (feed summaries and content), paragraphs kept."""
+    """Plain text of an HTML fragment (feed summaries and content), paragraphs kept,
+    character references decoded."""
+    from html import unescape
+
     if not html or not html.strip():
         return ""
+    # lxml refuses NUL, other C0 controls, lone surrogates and U+FFFE/U+FFFF, which
+    # would send the whole fragment to the crude fallback below; they are junk anyway.
+    html = re.sub("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]", "", html)
     if "<" not in html:
-        return html
+        return unescape(html) if "&" in html else html
     try:
         root = lxml.html.fragment_fromstring(html, create_parent="div")
-    except (lxml.etree.ParserError, ValueError):
-        return re.sub(r"<[^>]+>", " ", html)
+    except (lxml.etree.LxmlError, ValueError):
+        return unescape(re.sub(r"<[^>]+>", " ", html))
     for bad in root.xpath("//script|//style"):
         bad.drop_tree()
     for el in root.iter():

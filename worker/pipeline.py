@@ -80,7 +80,7 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
         if result.not_modified:
             outcome = PollOutcome(NOT_MODIFIED, http_status=304, etag=feed.etag, last_modified=feed.last_modified)
         else:
-            parsed = parse_feed(result.content, feed.url, content_type=result.content_type,
+            parsed = parse_feed(result.content, result.final_url, content_type=result.content_type,
                                 max_entries=settings.max_entries_per_feed)
             new = _new_entries(session, feed.id, parsed.entries)
             if new:     # keep the bytes the new articles come from (for `newsworker reextract`)
@@ -88,7 +88,8 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
                                                                result.content_type))
             outcome = PollOutcome(OK, http_status=result.status, etag=result.etag, last_modified=result.last_modified,
                                   items_seen=len(parsed.entries), items_new=len(new),
-                                  error=f"feed not well-formed: {parsed.warning}" if parsed.warning else None)
+                                  items_rejected=parsed.rejected_links + parsed.entries_over_cap,
+                                  error=_poll_notes(parsed, settings))
             feed.title = parsed.title or feed.title
             feed.site_url = parsed.site_url or feed.site_url
     except TemporaryFetchError as exc:
@@ -97,6 +98,19 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
         outcome = PollOutcome(PERMANENT, http_status=exc.status, error=str(exc))
     record_poll(session, feed, outcome, started, int((time.perf_counter() - t0) * 1000), settings, raw_feed_id)
     return PollResult(feed.id, feed.url, outcome, new, raw_feed_id)
+
+
+def _poll_notes(parsed: Any, settings: Settings) -> Optional[str]:
+    """What an operator should know about a feed that was still read."""
+    notes = []
+    if parsed.warning:
+        notes.append(f"feed not well-formed: {parsed.warning}")
+    if parsed.rejected_links:
+        notes.append(f"{parsed.rejected_links} entries with links refused: " + "; ".join(parsed.rejected_examples))
+    if parsed.entries_over_cap:
+        notes.append(f"{parsed.entries_over_cap} entries past the {settings.max_entries_per_feed}-entry cap ignored "
+                     "(NEWSWORKER_MAX_ENTRIES_PER_FEED)")
+    return "; ".join(notes) or None
 
 
 def record_interrupted_poll(session: Session, feed_id: int, error: str, settings: Settings) -> None:
@@ -138,7 +152,7 @@ def record_poll(session: Session, feed: Feed, outcome: PollOutcome, started, dur
     store.add_fetch_event(
         session, feed_id=feed.id, started_at=started, finished_at=now, outcome=outcome.status,
         http_status=outcome.http_status, items_seen=outcome.items_seen, items_new=outcome.items_new,
-        error=outcome.error, duration_ms=duration_ms, raw_id=raw_id,
+        items_rejected=outcome.items_rejected, error=outcome.error, duration_ms=duration_ms, raw_id=raw_id,
     )
 
 
@@ -248,7 +262,7 @@ def make_article(
     final_canonical = page_canonical or canonical
     aliases.add(canonical)
     aliases.discard(final_canonical)
-    summary = clean_text(feed_summary, 2000) or (extracted.description if extracted else None)
+    summary = clean_text(feed_summary or (extracted.description if extracted else None) or "", 2000)
     return store.ArticleDraft(
         url=entry.link,
         canonical_url=final_canonical,
@@ -257,8 +271,8 @@ def make_article(
         guid=entry.guid,
         title=title,
         summary=summary or None,
-        author=entry.author or (extracted.author if extracted else None),
-        site_name=extracted.site_name if extracted else None,
+        author=entry.author or (clean_text(extracted.author, 500) or None if extracted and extracted.author else None),
+        site_name=clean_text(extracted.site_name, 500) or None if extracted and extracted.site_name else None,
         published_at=entry.published_at or (extracted.published_at if extracted else None),
         language=detect_language(f"{title or ''}\n{text}"),
         content_hash=content_hash(text),

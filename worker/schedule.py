@@ -27,6 +27,7 @@ class PollOutcome:
     last_modified: Optional[str] = None
     items_seen: int = 0
     items_new: int = 0
+    items_rejected: int = 0                 # entries dropped: link not http(s), past the entry cap
 
 
 @dataclass

@@ -20,14 +20,15 @@ def canonicalise(url: str) -> str:
     """The canonical spelling of an article URL:
 
     - lower-case scheme and host, no default port, no fragment, no tracking parameters
-      (utm_*, fbclid, gclid, …: courlan's strict normalisation);
+      (utm_*, fbclid, gclid, ref, …: courlan's tracker list); other parameters stay,
+      sorted: ``?v=``, ``?article=``, ``?sid=`` often name the article itself;
     - the site's plain host: ``www.``, ``m.``, ``mobile.`` and ``amp.`` prefixes dropped;
     - AMP variants folded: ``/amp/…``, ``…/amp``, ``story.amp.html``, ``?amp=1``;
     - no trailing slash, except for the root path.
     """
     url = url.strip()
     try:
-        url = normalize_url(url, strict=True)
+        url = normalize_url(url, strict=False)
     except (ValueError, TypeError):
         return url
     parts = urlsplit(url)
