@@ -171,18 +171,75 @@ def test_schedule_policy():
     s = Settings(default_interval=600, disable_after_failures=3, max_backoff=3600)
     now = datetime(2024, 1, 1, tzinfo=timezone.utc)
     rng = random.Random(1)
-    ok = next_state(PollOutcome(OK), now=now, interval=None, error_count=4, settings=s, rng=rng)
-    assert (ok.next_fetch_at - now, ok.error_count, ok.enabled) == (timedelta(seconds=600), 0, True)
+    ok = next_state(PollOutcome(OK, items_new=2), now=now, interval=None, error_count=4, settings=s, rng=rng)
+    assert (ok.next_fetch_at - now, ok.error_count, ok.enabled) == (timedelta(seconds=450), 0, True)
     assert next_state(PollOutcome(NOT_MODIFIED), now=now, interval=120, error_count=0, settings=s).next_fetch_at == now + timedelta(seconds=120)
     t1 = next_state(PollOutcome(TEMPORARY), now=now, interval=None, error_count=0, settings=s, rng=rng)
     t3 = next_state(PollOutcome(TEMPORARY), now=now, interval=None, error_count=2, settings=s, rng=rng)
     assert t1.next_fetch_at - now < t3.next_fetch_at - now <= timedelta(seconds=3600 * 1.25)
     ra = next_state(PollOutcome(TEMPORARY, retry_after=3000), now=now, interval=None, error_count=0, settings=s, rng=rng)
     assert ra.next_fetch_at - now >= timedelta(seconds=3000)
-    p = next_state(PollOutcome(PERMANENT, error="HTTP 404"), now=now, interval=None, error_count=2, settings=s, rng=rng)
-    assert not p.enabled and "HTTP 404" in p.disabled_reason
+    p = next_state(PollOutcome(PERMANENT, error="HTTP 404"), now=now, interval=None, error_count=2, settings=s,
+                   rng=rng, permanent_failures=2)
+    assert not p.enabled and "HTTP 404" in p.disabled_reason and p.permanent_failures == 3
+    # a run of temporary failures followed by one permanent is not a run of permanent ones
+    assert next_state(PollOutcome(PERMANENT), now=now, interval=None, error_count=9, settings=s, rng=rng).enabled
     t = next_state(PollOutcome(TEMPORARY), now=now, interval=None, error_count=50, settings=s, rng=rng)
     assert t.enabled   # temporary failures never disable a feed
+
+
+def test_interval_adapts_to_publishing_rate_hints_and_override():
+    s = Settings(default_interval=900, min_interval=60, max_interval=86_400)
+    now = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    hourly = [now - timedelta(hours=h) for h in range(10)]
+    st = next_state(PollOutcome(OK, published=hourly), now=now, interval=None, error_count=0, settings=s)
+    assert st.fetch_interval == 1800 and st.next_fetch_at == now + timedelta(seconds=1800)   # half the gap
+    busy = [now - timedelta(minutes=m) for m in range(0, 20, 2)]
+    assert next_state(PollOutcome(OK, published=busy), now=now, interval=None, error_count=0,
+                      settings=s).fetch_interval == 60                                        # the minimum
+    # the feed's own hint is a floor: ttl 2 h beats the hourly rate
+    hinted = next_state(PollOutcome(OK, published=hourly, hint_seconds=7200), now=now, interval=None, error_count=0,
+                        settings=s)
+    assert hinted.fetch_interval == 7200
+    # no dates: quiet polls stretch the interval, new items shorten it, within the bounds
+    quiet = next_state(PollOutcome(NOT_MODIFIED), now=now, interval=None, error_count=0, settings=s,
+                       fetch_interval=80_000)
+    assert quiet.fetch_interval == 86_400
+    # the operator's per-feed override wins for the next fetch; the learned value is still kept
+    fixed = next_state(PollOutcome(OK, published=hourly), now=now, interval=300, error_count=0, settings=s)
+    assert fixed.next_fetch_at == now + timedelta(seconds=300) and fixed.fetch_interval == 1800
+
+
+@pytest.mark.parametrize("body, headers, expected", [
+    (b"<rss><channel><ttl>90</ttl></channel></rss>", {}, 5400),
+    (b'<rss xmlns:sy="http://purl.org/rss/1.0/modules/syndication/"><channel><sy:updatePeriod>hourly'
+     b"</sy:updatePeriod><sy:updateFrequency>4</sy:updateFrequency></channel></rss>", {}, 900),
+    (b"<rss><channel><sy:updatePeriod>daily</sy:updatePeriod></channel></rss>", {}, 86_400),
+    (b"<rss/>", {"cache-control": "public, max-age=600"}, 600),
+    (b"<rss><channel><ttl>5</ttl></channel></rss>", {"cache-control": "max-age=600"}, 600),  # the larger
+    (b"<rss/>", {"cache-control": "no-cache, max-age=600"}, None),
+    (b"<rss/>", {"expires": "Mon, 01 Jan 2024 01:00:00 GMT"}, 3600),
+    (b"<rss/>", {}, None),
+])
+def test_poll_hints(body, headers, expected):
+    from worker.hints import poll_hint
+
+    assert poll_hint(body, headers, now=datetime(2024, 1, 1, tzinfo=timezone.utc)) == expected
+
+
+@pytest.mark.parametrize("url, hops, moved", [
+    ("http://a.example/f", [(301, "https://a.example/feed")], "https://a.example/feed"),
+    ("http://a.example/f", [(308, "http://b.example/f"), (301, "http://c.example/f")], "http://c.example/f"),
+    ("http://a.example/f", [(301, "http://b.example/f"), (302, "http://c.example/f")], None),   # not all permanent
+    ("http://a.example/f", [(307, "http://b.example/f")], None),
+    ("https://a.example/f", [(301, "http://a.example/f")], None),                               # never to http
+    ("http://a.example/f", [], None),
+])
+def test_permanent_redirect_target(url, hops, moved):
+    from worker.http import FetchResult
+
+    r = FetchResult(url, hops[-1][1] if hops else url, 200, redirects=hops)
+    assert r.moved_permanently_to == moved
 
 
 # ---------------------------------------------------------------- opml

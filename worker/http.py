@@ -56,6 +56,17 @@ class FetchResult:
     content: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     not_modified: bool = False
+    redirects: list[tuple[int, str]] = field(default_factory=list)   # (status, target) per hop followed
+
+    @property
+    def moved_permanently_to(self) -> Optional[str]:
+        """The final URL when every hop was a permanent redirect (301, 308) and none went
+        from https to http: the address a subscriber should switch to."""
+        if not self.redirects or any(code not in (301, 308) for code, _ in self.redirects):
+            return None
+        if urlsplit(self.url).scheme == "https" and any(urlsplit(t).scheme != "https" for _, t in self.redirects):
+            return None
+        return self.final_url
 
     @property
     def etag(self) -> Optional[str]:
@@ -329,6 +340,7 @@ def get(
 def _follow(client: httpx.Client, url: str, headers: dict[str, str], max_bytes: int, budget: _Budget) -> FetchResult:
     guarded = client in _GUARDED
     current = url
+    hops: list[tuple[int, str]] = []
     for _ in range(MAX_REDIRECTS + 1):
         via = "" if current == url else f" (redirected to {current})"
         if budget.expired():
@@ -343,8 +355,11 @@ def _follow(client: httpx.Client, url: str, headers: dict[str, str], max_bytes: 
                     if not location:
                         raise PermanentFetchError(url, f"HTTP {response.status_code} redirect without Location{via}")
                     current = str(response.url.join(location))
+                    hops.append((response.status_code, current))
                     continue
-                return _read(url, current, response, max_bytes)
+                result = _read(url, current, response, max_bytes)
+                result.redirects = hops
+                return result
         except BlockedURL as exc:   # the connect path knows only host:port: name the URL
             raise BlockedURL(current, exc.reason + (f" (redirected from {url})" if via else "")) from None
         except httpx.TimeoutException as exc:

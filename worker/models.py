@@ -74,6 +74,12 @@ class Feed(SQLModel, table=True):
     last_http_status: Optional[int] = None
     last_error: Optional[str] = Field(default=None, sa_type=sa.Text)
     error_count: int = Field(default=0, nullable=False)                  # consecutive failed polls
+    permanent_failures: int = Field(default=0, nullable=False)           # consecutive permanent ones
+    fetch_interval: Optional[int] = None            # learned from how often the feed publishes (seconds)
+    hint_interval: Optional[int] = None             # the feed's own ttl / sy:update* / Cache-Control (seconds)
+    body_sha256: Optional[str] = Field(default=None, sa_type=sa.Text)   # last body: unchanged ones are not parsed
+    moved_to: Optional[str] = Field(default=None, sa_type=sa.Text)       # permanent redirect target seen …
+    moved_seen: int = Field(default=0, nullable=False)                   # … on this many consecutive polls
     created_at: datetime = _ts(nullable=False, default=utcnow)
 
 

@@ -8,6 +8,7 @@ Each takes its HTTP client and database session as arguments; Celery tasks and t
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -15,7 +16,7 @@ from typing import Any, Optional
 import httpx
 from sqlmodel import Session
 
-from . import http, raw, store
+from . import hints, http, raw, store
 from .dedupe import content_hash, fingerprint
 from .entities import extract_entities
 from .errors import BlockedURL, FeedParseError, FetchError, PermanentFetchError, TemporaryFetchError
@@ -77,8 +78,13 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
             allowed_private_hosts=settings.allowed_private_hosts, accept=FEED_ACCEPT,
             deadline=settings.request_deadline,
         )
-        if result.not_modified:
-            outcome = PollOutcome(NOT_MODIFIED, http_status=304, etag=feed.etag, last_modified=feed.last_modified)
+        body_sha = hashlib.sha256(result.content).hexdigest() if not result.not_modified else None
+        if result.not_modified or body_sha == feed.body_sha256:
+            # 304, or a server that ignores conditional GETs sent the same bytes: nothing to parse.
+            # The fetch event tells them apart by http_status (304 vs 200).
+            outcome = PollOutcome(NOT_MODIFIED, http_status=result.status, etag=result.etag or feed.etag,
+                                  last_modified=result.last_modified or feed.last_modified,
+                                  hint_seconds=hints.poll_hint(b"", result.headers) or feed.hint_interval)
         else:
             parsed = parse_feed(result.content, result.final_url, content_type=result.content_type,
                                 max_entries=settings.max_entries_per_feed)
@@ -89,15 +95,33 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
             outcome = PollOutcome(OK, http_status=result.status, etag=result.etag, last_modified=result.last_modified,
                                   items_seen=len(parsed.entries), items_new=len(new),
                                   items_rejected=parsed.rejected_links + parsed.entries_over_cap,
-                                  error=_poll_notes(parsed, settings))
+                                  error=_poll_notes(parsed, settings),
+                                  published=[e.published_at for e in parsed.entries if e.published_at],
+                                  hint_seconds=hints.poll_hint(result.content, result.headers))
             feed.title = parsed.title or feed.title
             feed.site_url = parsed.site_url or feed.site_url
+            feed.body_sha256 = body_sha
+        _note_move(session, feed, result.moved_permanently_to, settings)
     except TemporaryFetchError as exc:
         outcome = PollOutcome(TEMPORARY, http_status=exc.status, error=str(exc), retry_after=exc.retry_after)
     except (PermanentFetchError, BlockedURL, FeedParseError) as exc:
         outcome = PollOutcome(PERMANENT, http_status=exc.status, error=str(exc))
     record_poll(session, feed, outcome, started, int((time.perf_counter() - t0) * 1000), settings, raw_feed_id)
     return PollResult(feed.id, feed.url, outcome, new, raw_feed_id)
+
+
+def _note_move(session: Session, feed: Feed, target: Optional[str], settings: Settings) -> None:
+    """Follow a feed that moved: its stored URL changes only after the same permanent
+    redirect (301/308, never https to http) was seen on several consecutive polls, and
+    only if no other feed has that URL already."""
+    if not target or target == feed.url:
+        feed.moved_to, feed.moved_seen = None, 0
+        return
+    feed.moved_seen = feed.moved_seen + 1 if feed.moved_to == target else 1
+    feed.moved_to = target
+    if feed.moved_seen >= settings.redirect_confirmations and not store.feed_url_taken(session, target, feed.id):
+        feed.url, feed.moved_to, feed.moved_seen = target, None, 0
+        feed.etag = feed.last_modified = None
 
 
 def _poll_notes(parsed: Any, settings: Settings) -> Optional[str]:
@@ -132,9 +156,12 @@ def record_poll(session: Session, feed: Feed, outcome: PollOutcome, started, dur
                 raw_id: Optional[int] = None) -> None:
     """Apply the scheduling policy to *feed* and log the poll as a fetch event."""
     now = utcnow()
-    state = next_state(outcome, now=now, interval=feed.interval_seconds, error_count=feed.error_count, settings=settings)
+    state = next_state(outcome, now=now, interval=feed.interval_seconds, error_count=feed.error_count, settings=settings,
+                       fetch_interval=feed.fetch_interval, permanent_failures=feed.permanent_failures)
     feed.next_fetch_at = state.next_fetch_at
     feed.error_count = state.error_count
+    feed.permanent_failures = state.permanent_failures
+    feed.fetch_interval = state.fetch_interval
     feed.enabled = state.enabled
     if state.disabled_reason:
         feed.disabled_reason = state.disabled_reason
@@ -142,6 +169,8 @@ def record_poll(session: Session, feed: Feed, outcome: PollOutcome, started, dur
     feed.last_status = outcome.status
     feed.last_http_status = outcome.http_status
     feed.queued_at = None
+    if outcome.hint_seconds is not None:
+        feed.hint_interval = outcome.hint_seconds
     if outcome.status in (OK, NOT_MODIFIED):
         feed.last_success_at = now
         feed.last_error = outcome.error

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     max_interval: int = 86_400
     max_backoff: int = 6 * 3600
     disable_after_failures: int = 20     # consecutive permanent failures
+    redirect_confirmations: int = 3      # polls that must see the same permanent redirect before the URL changes
     claim_timeout: int = 900             # a queued poll older than this is re-dispatched
     dispatch_interval: float = 60.0      # beat sends the dispatcher this often (seconds)
 

@@ -68,6 +68,20 @@ def add_feed(
     return feed, inserted is not None
 
 
+def feed_url_taken(session: Session, url: str, other_than: int) -> bool:
+    return session.execute(sa.select(Feed.id).where(Feed.url == url, Feed.id != other_than)).first() is not None
+
+
+def enable_feed(session: Session, id_or_url: int | str) -> Feed:
+    """Enable a feed again (after it was disabled by failures or by hand); due now."""
+    feed = get_feed(session, id_or_url)
+    feed.enabled, feed.disabled_reason = True, None
+    feed.error_count = feed.permanent_failures = 0
+    feed.next_fetch_at = utcnow()
+    session.add(feed)
+    return feed
+
+
 def claim_due_feeds(session: Session, now: datetime, stale_before: datetime, limit: int) -> list[int]:
     """Mark up to *limit* due feeds as queued and return their ids.  A feed queued
     after *stale_before* is never claimed again, so no feed is queued twice; one
@@ -95,6 +109,13 @@ def claim_feed(session: Session, feed_id: int, now: datetime, stale_before: date
         .returning(Feed.id)
     )
     return session.execute(stmt).first() is not None
+
+
+def reopen_feed(session: Session, feed_id: int, now: datetime) -> None:
+    """Make a feed due now and forget its validators, so its next poll is a full GET
+    (its new entries could not be queued after the last one)."""
+    session.execute(sa.update(Feed).where(Feed.id == feed_id)
+                    .values(next_fetch_at=now, etag=None, last_modified=None, body_sha256=None, queued_at=None))
 
 
 def release_feed(session: Session, feed_id: int) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
+from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy.exc import OperationalError
 
 from . import pipeline, store
@@ -109,7 +110,16 @@ def poll_feed(self: Any, feed_id: int) -> dict[str, Any]:
         return {"feed_id": feed_id, "status": "temporary", "error": error, "entry_tasks": []}
     except OperationalError as exc:      # database unreachable: try again later
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
-    task_ids = [process_entry.delay(feed_id, e.to_dict(), result.raw_feed_id).id for e in result.new_entries]
+    try:
+        task_ids = [process_entry.delay(feed_id, e.to_dict(), result.raw_feed_id).id for e in result.new_entries]
+    except BrokerUnavailable:
+        # The poll is committed but its new entries are not all queued: make the feed due
+        # again, without validators, so it is polled in full once the broker is back.
+        with session_scope() as session:
+            store.reopen_feed(session, feed_id, utcnow())
+        log.error("feed %s: the broker went away while queuing %d new entries; the feed is due again and will "
+                  "be polled in full when the broker is back", feed_id, len(result.new_entries))
+        raise
     o = result.outcome
     if o.error:
         # One line an operator can act on: which feed, what happened, what newsworker will do.

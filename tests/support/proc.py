@@ -39,10 +39,14 @@ def jsonl(text: str) -> list[dict[str, Any]]:
 class WorkerProcess:
     """`newsworker worker` in a subprocess; its log goes to a file for post-mortems."""
 
+    command: tuple[str, ...] = ("worker",)
+    ready_marker = " ready."            # what the log says once the process does its work
+    what = "the worker"
+
     def __init__(self, env: dict[str, str], *args: str, log: Path):
         self.log_path = log
         self._log = open(log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker", "worker", "--loglevel", "INFO", *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "worker", *self.command, "--loglevel", "INFO", *args],
                                      env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.env = env
@@ -51,14 +55,45 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the worker exited with {self.proc.returncode}:\n{self.log()}")
-            if " ready." in self.log():
+                raise AssertionError(f"{self.what} exited with {self.proc.returncode}:\n{self.log()}")
+            if self.ready_marker in self.log():
                 return
             time.sleep(0.2)
-        raise AssertionError(f"the worker was not ready after {timeout} s:\n{self.log()}")
+        raise AssertionError(f"{self.what} was not ready after {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def tail(self, lines: int = 60) -> str:
+        """The last *lines* lines of the log, for failure messages."""
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int, group: bool = False) -> None:
+        """Send *sig* to the main process, or with *group* to every process of it (pool
+        children included), as ``kill -SIG -PGID`` or systemd's default KillMode do."""
+        if self.proc.poll() is None:
+            try:
+                (os.killpg if group else os.kill)(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the main process and its pool children die at once."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit code, or None if the process is still running after *timeout* seconds."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -69,3 +104,11 @@ class WorkerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+
+
+class BeatProcess(WorkerProcess):
+    """`newsworker beat` in a subprocess; its log goes to a file for post-mortems."""
+
+    command = ("beat",)
+    ready_marker = "beat: Starting..."
+    what = "beat"

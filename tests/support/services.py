@@ -54,35 +54,84 @@ def ensure_redis() -> str:
 
 def start_redis(timeout: float = 15) -> str:
     """Start a throwaway, non-persistent redis-server; stopped at interpreter exit."""
-    binary = shutil.which("redis-server")
-    if not binary:
-        raise RuntimeError("redis-server not found: install it (Debian/Ubuntu: apt-get install redis-server)")
-    tmp = tempfile.mkdtemp(prefix="nw-redis-")
-    port = free_port()
-    log = open(Path(tmp) / "redis.log", "wb")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", tmp], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = RedisServer()
+    try:
+        server.start(timeout)
+    except BaseException:
+        server.cleanup()
+        raise
+    atexit.register(server.cleanup)
+    return server.url
 
-    def cleanup() -> None:
-        if proc.poll() is None:
-            proc.terminate()
+
+class RedisServer:
+    """A throwaway, non-persistent redis-server that can be stopped and started again
+    on the same port (it keeps nothing on disk: a restart empties it).
+
+        with RedisServer() as server:   # started; stopped and deleted at the end
+            server.stop(); server.start()
+    """
+
+    def __init__(self, port: int | None = None):
+        self.binary = shutil.which("redis-server")
+        if not self.binary:
+            raise RuntimeError("redis-server not found: install it (Debian/Ubuntu: apt-get install redis-server)")
+        self.tmp = tempfile.mkdtemp(prefix="nw-redis-")
+        self.port = port or free_port()
+        self.log_path = Path(self.tmp) / "redis.log"
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT`` (no db number: callers pick theirs)."""
+        return f"redis://127.0.0.1:{self.port}"
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 15) -> RedisServer:
+        if self.running():
+            return self
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", self.tmp],
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not _redis_answers(self.url):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                output = self.log_path.read_text(errors="replace")[-2000:]
+                self.stop(kill=True)
+                raise RuntimeError(f"throwaway redis-server on port {self.port} did not start:\n{output}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, kill: bool = False, timeout: float = 10) -> None:
+        """Stop the server (SIGTERM, or SIGKILL: a crash); everything in it is lost."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
             try:
-                proc.wait(10)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
-    atexit.register(cleanup)
-    url = f"redis://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while not _redis_answers(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            output = (Path(tmp) / "redis.log").read_text(errors="replace")[-2000:]
-            cleanup()
-            raise RuntimeError(f"throwaway redis-server on port {port} did not start:\n{output}")
-        time.sleep(0.05)
-    return url
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
 
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -127,44 +176,95 @@ def _version_key(path: str) -> tuple[int, ...]:
 def start_postgres(timeout: float = 60) -> str:
     """initdb + pg_ctl start a throwaway cluster (trust auth, fsync off) on a free port;
     stopped and deleted at interpreter exit."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    as_user: list[str] = []
-    tmp = tempfile.mkdtemp(prefix="nw-pg-", dir="/tmp" if os.geteuid() == 0 else None)
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        try:
-            pg = pwd.getpwnam("postgres")
-        except KeyError:
-            raise RuntimeError("running as root and there is no 'postgres' user to run initdb as "
-                               "(Debian/Ubuntu: apt-get install postgresql creates it)") from None
-        os.chown(tmp, pg.pw_uid, pg.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, log = f"{tmp}/data", f"{tmp}/postgres.log"
-    port = free_port()
+    server = PostgresServer()
+    try:
+        server.start(timeout)
+    except BaseException:
+        server.cleanup()
+        raise
+    atexit.register(server.cleanup)
+    if not _pg_answers(server.admin_url):
+        raise RuntimeError(f"throwaway PostgreSQL on port {server.port} started but does not accept connections")
+    return server.admin_url
 
-    def run(*cmd: str) -> None:
-        done = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=timeout)
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (initdb on first start; trust auth, fsync off) on a
+    fixed port, which can be stopped (``pg_ctl stop -m fast|immediate``) and started
+    again on the same port with its data intact.
+
+        with PostgresServer() as server:   # started; stopped and deleted at the end
+            server.stop(); server.start()
+    """
+
+    def __init__(self, port: int | None = None):
+        self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        self.as_user: list[str] = []
+        self.tmp = tempfile.mkdtemp(prefix="nw-pg-", dir="/tmp" if os.geteuid() == 0 else None)
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            try:
+                pg = pwd.getpwnam("postgres")
+            except KeyError:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise RuntimeError("running as root and there is no 'postgres' user to run initdb as "
+                                   "(Debian/Ubuntu: apt-get install postgresql creates it)") from None
+            os.chown(self.tmp, pg.pw_uid, pg.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.data, self.log_path = f"{self.tmp}/data", f"{self.tmp}/postgres.log"
+        self.port = port or free_port()
+        self._initialised = False
+
+    @property
+    def admin_url(self) -> str:
+        """``postgresql+psycopg://postgres@127.0.0.1:PORT/postgres``."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *cmd: str, timeout: float = 60) -> None:
+        done = subprocess.run([*self.as_user, *cmd], capture_output=True, text=True, timeout=timeout)
         if done.returncode:
-            tail = Path(log).read_text(errors="replace")[-2000:] if Path(log).exists() else ""
+            tail = Path(self.log_path).read_text(errors="replace")[-2000:] if Path(self.log_path).exists() else ""
             raise RuntimeError(f"{' '.join(cmd[:2])} failed ({done.returncode}):\n{done.stdout}{done.stderr}{tail}")
 
-    def cleanup() -> None:
-        if Path(data, "postmaster.pid").exists():
-            subprocess.run([*as_user, pg_ctl, "-D", data, "stop", "-m", "immediate"], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    def running(self) -> bool:
+        return Path(self.data, "postmaster.pid").exists()
 
-    try:
-        run(initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions")
-        options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {tmp} -c fsync=off "
+    def start(self, timeout: float = 60) -> PostgresServer:
+        """Start the cluster (creating it the first time); returns once it accepts connections."""
+        if not self._initialised:
+            self._run(self.initdb, "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync",
+                      "--no-instructions", timeout=timeout)
+            self._initialised = True
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.tmp} -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off")
-        run(pg_ctl, "-D", data, "-l", log, "-o", options, "-w", "-t", str(int(timeout)), "start")
-    except BaseException:
-        cleanup()
-        raise
-    atexit.register(cleanup)
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    if not _pg_answers(url):
-        raise RuntimeError(f"throwaway PostgreSQL on port {port} started but does not accept connections")
-    return url
+        self._run(self.pg_ctl, "-D", self.data, "-l", self.log_path, "-o", options, "-w", "-t", str(int(timeout)),
+                  "start", timeout=timeout + 10)
+        return self
+
+    def stop(self, mode: str = "fast", timeout: float = 60) -> None:
+        """``pg_ctl stop -m MODE``: fast (sessions terminated, clean shutdown) or immediate (a crash)."""
+        if self.running():
+            self._run(self.pg_ctl, "-D", self.data, "stop", "-m", mode, "-w", "-t", str(int(timeout)),
+                      timeout=timeout + 10)
+
+    def restart(self, mode: str = "fast") -> None:
+        self.stop(mode)
+        self.start()
+
+    def cleanup(self) -> None:
+        if self.running():
+            subprocess.run([*self.as_user, self.pg_ctl, "-D", self.data, "stop", "-m", "immediate"],
+                           capture_output=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> PostgresServer:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
 
 
 def create_database(admin_url: str) -> str:
