@@ -129,3 +129,63 @@ def test_refused_entry_links_are_counted_in_the_fetch_event(setup, devserver):
     assert (event.outcome, event.items_seen, event.items_rejected) == ("ok", 1, 2)
     assert "2 entries with links refused" in event.error and "javascript:" in event.error
     assert feed.last_error == event.error          # shown with the feed's health
+
+
+def _poll(url, client, fid, settings):
+    with session_scope(url) as s:
+        return pipeline.poll_feed(s, client, fid, settings)
+
+
+def test_unchanged_body_is_not_parsed_when_the_server_ignores_conditional_gets(setup, devserver):
+    settings, client, url = setup
+    body = f"""<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><ttl>30</ttl>
+      <item><title>a</title><link>{devserver.base_url}/a.html</link></item></channel></rss>"""
+    devserver.add("/plain.xml", body, content_type="application/rss+xml", auto_etag=False)   # no validators at all
+    with session_scope(url) as s:
+        fid = store.add_feed(s, f"{devserver.base_url}/plain.xml")[0].id
+    assert _poll(url, client, fid, settings).outcome.items_new == 1
+    second = _poll(url, client, fid, settings)
+    assert second.outcome.status == "not_modified" and second.outcome.http_status == 200
+    with session_scope(url) as s:
+        events = s.exec(select(FetchEvent.outcome, FetchEvent.http_status).order_by(FetchEvent.id)).all()
+        feed = s.get(Feed, fid)
+    assert events == [("ok", 200), ("not_modified", 200)]
+    assert feed.hint_interval == 1800 and feed.fetch_interval >= 1800      # <ttl> 30 minutes honoured
+    # a changed body is parsed again
+    devserver.add("/plain.xml", body.replace("</channel>", f"<item><title>b</title><link>{devserver.base_url}/b.html"
+                                             "</link></item></channel>"), content_type="application/rss+xml",
+                  auto_etag=False)
+    third = _poll(url, client, fid, settings).outcome
+    assert (third.status, third.items_seen) == ("ok", 2)
+
+
+@pytest.mark.parametrize("code, moves", [(301, True), (308, True), (302, False), (307, False)])
+def test_feed_url_follows_a_permanent_redirect_after_several_polls(setup, devserver, code, moves):
+    settings, client, url = setup
+    devserver.add("/new.xml", b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>',
+                  content_type="application/rss+xml")
+    devserver.add("/old.xml", b"", status=code, headers={"Location": "/new.xml"})
+    with session_scope(url) as s:
+        fid = store.add_feed(s, f"{devserver.base_url}/old.xml")[0].id
+    for poll in range(settings.redirect_confirmations):
+        with session_scope(url) as s:
+            assert s.get(Feed, fid).url.endswith("/old.xml")     # not before the last confirmation
+        assert _poll(url, client, fid, settings).outcome.status in ("ok", "not_modified")
+    with session_scope(url) as s:
+        assert s.get(Feed, fid).url.endswith("/new.xml" if moves else "/old.xml")
+
+
+def test_disabled_feed_is_enabled_again_from_the_cli(tmp_path, devserver):
+    from tests.support.proc import base_env, cli
+
+    env = base_env(tmp_path, allowed_private_hosts=devserver.host_port, disable_after_failures="2")
+    cli(env, "db", "upgrade")
+    cli(env, "feeds", "add", f"{devserver.base_url}/gone.xml")
+    for _ in range(2):
+        cli(env, "fetch", "--all", "--inline", check=False)
+    listed = cli(env, "feeds", "list", "--json").stdout
+    assert '"enabled": false' in listed and "disabled after 2 consecutive permanent failures" in listed
+    assert '"permanent_failures": 2' in listed
+    assert "enabled feed 1" in cli(env, "feeds", "enable", "1").stdout
+    listed = cli(env, "feeds", "list", "--json").stdout
+    assert '"enabled": true' in listed and '"permanent_failures": 0' in listed

@@ -86,13 +86,16 @@ def feeds_list(as_json: bool = typer.Option(False, "--json", help="JSON Lines, o
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))
         return
-    table = Table("id", "url", "name", "status", "errors", "last success", "next fetch", "last error")
+    table = Table("id", "url", "name", "status", "failures", "every", "last success", "next fetch", "last error")
     for r in rows:
         status = r["last_status"] or "never polled"
         if not r["enabled"]:
             status = "[red]disabled[/]"
+        every = r["interval_seconds"] or r["fetch_interval"]
         table.add_row(str(r["id"]), r["url"], r["name"] or r["title"] or "", status, str(r["error_count"]),
-                      (r["last_success_at"] or "")[:19], (r["next_fetch_at"] or "")[:19], (r["last_error"] or "")[:80])
+                      f"{every // 60} min" if every else "", (r["last_success_at"] or "")[:19],
+                      (r["next_fetch_at"] or "")[:19] if r["enabled"] else "",
+                      (r["disabled_reason"] or r["last_error"] or "")[:80])
     out.print(table)
 
 
@@ -102,9 +105,23 @@ def _feed_dict(f: Any) -> dict[str, Any]:
 
     return {"id": f.id, "url": f.url, "name": f.name, "title": f.title, "site_url": f.site_url, "group": f.group_name,
             "interval_seconds": f.interval_seconds, "enabled": f.enabled, "disabled_reason": f.disabled_reason,
+            "fetch_interval": f.fetch_interval, "hint_interval": f.hint_interval,
             "last_status": f.last_status, "last_http_status": f.last_http_status, "error_count": f.error_count,
+            "permanent_failures": f.permanent_failures, "moved_to": f.moved_to,
             "last_error": f.last_error, "last_fetch_at": iso(f.last_fetch_at), "last_success_at": iso(f.last_success_at),
             "next_fetch_at": iso(f.next_fetch_at)}
+
+
+@feeds_app.command("enable")
+def feeds_enable(feed: str = typer.Argument(..., help="Feed id or URL.")) -> None:
+    """Poll a disabled feed again (its failure counts are reset; it is due now)."""
+    from .db import session_scope
+    from .store import enable_feed
+
+    with session_scope() as s:
+        f = enable_feed(s, feed)
+        fid, furl = f.id, f.url
+    out.print(f"enabled feed {fid} {furl}")
 
 
 @feeds_app.command("remove")
