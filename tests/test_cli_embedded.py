@@ -51,8 +51,11 @@ def test_inline_fetch_then_conditional_get(env, devserver, tmp_path):
 
 def test_failures_are_recorded_with_clear_errors(env, devserver):
     devserver.add("/broken.xml", b"<html><body>Not a feed at all</body></html>", content_type="text/html")
-    cli(env, "feeds", "add", f"{devserver.base_url}/broken.xml")
-    cli(env, "feeds", "add", f"{devserver.base_url}/gone.xml", "--name", "Gone")
+    # Discovery refuses both (no feed there); an operator can insist.
+    refused = cli(env, "feeds", "add", f"{devserver.base_url}/broken.xml", check=False)
+    assert refused.returncode == 1 and "no feed found" in refused.stderr and "--no-discover" in refused.stderr
+    cli(env, "feeds", "add", f"{devserver.base_url}/broken.xml", "--no-discover")
+    cli(env, "feeds", "add", f"{devserver.base_url}/gone.xml", "--name", "Gone", "--no-discover")
     out = cli(env, "fetch", "--all", "--inline", check=False)
     assert "failures: 2" in out.stdout
     feeds = {f["url"].rsplit("/", 1)[1]: f for f in jsonl(cli(env, "feeds", "list", "--json").stdout)}
@@ -149,3 +152,16 @@ def test_entities_stored_and_queryable_then_retag_after_rules_change(env, devser
     back = jsonl(cli(env, "articles", "list", "--tag", "defence", "--json").stdout)
     assert seed["id"] in {a["id"] for a in back}
     assert {t["tagger_version"] for a in back for t in a["tags"]} == {tag["tagger_version"]}
+
+
+def test_feeds_add_finds_the_feed_behind_a_web_page(env, devserver):
+    devserver.add("/news/", b'<html><head><link rel="alternate" type="application/rss+xml" title="Comments" '
+                  b'href="/comments/feed.xml"><link rel="alternate" type="application/rss+xml" title="News" '
+                  b'href="feed.xml"></head><body>front page</body></html>')
+    devserver.add("/news/feed.xml", b'<?xml version="1.0"?><rss version="2.0"><channel><title>News</title>'
+                  b"</channel></rss>", content_type="application/rss+xml")
+    devserver.add("/comments/feed.xml", b'<?xml version="1.0"?><rss version="2.0"><channel><title>C</title>'
+                  b"</channel></rss>", content_type="application/rss+xml")
+    out = cli(env, "feeds", "add", f"{devserver.base_url}/news/").stdout
+    assert f"found feed {devserver.base_url}/news/feed.xml" in out
+    assert [f["url"] for f in jsonl(cli(env, "feeds", "list", "--json").stdout)] == [f"{devserver.base_url}/news/feed.xml"]

@@ -56,18 +56,35 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
 def feeds_add(
     url: str,
     name: Optional[str] = typer.Option(None, "--name", help="A display name."),
-    interval: Optional[int] = typer.Option(None, "--interval", min=1, help="Seconds between polls (default from settings)."),
+    interval: Optional[int] = typer.Option(None, "--interval", min=1, help="Seconds between polls (default: learned)."),
+    discover: bool = typer.Option(True, "--discover/--no-discover",
+                                  help="Given a web page, find its feed (<link rel=alternate>)."),
 ) -> None:
-    """Add a feed to poll."""
+    """Add a feed (RSS, Atom, JSON Feed or news sitemap), or the feed a web page points to."""
     from .db import session_scope
-    from .http import check_url
+    from .discover import resolve_feed_url
+    from .errors import BlockedURL, FetchError, TemporaryFetchError
+    from .http import check_url, make_client
     from .settings import get_settings
     from .store import add_feed
-    from .errors import BlockedURL
 
+    settings = get_settings()
     if not url.startswith(("http://", "https://")):
         raise BlockedURL(url, "a feed URL must start with http:// or https://")
-    check_url(url, get_settings().allowed_private_hosts)
+    check_url(url, settings.allowed_private_hosts)
+    if discover:
+        try:
+            with make_client(settings) as client:
+                found = resolve_feed_url(client, url, settings)
+        except TemporaryFetchError as exc:       # down for now: the poll will record what happens
+            err.print(f"warning: could not check {url} ({exc.reason}); added as given", markup=False)
+            found = url
+        except FetchError as exc:
+            raise type(exc)(exc.url, f"{exc.reason} (to add the URL anyway: --no-discover)") from None
+        if found != url:
+            out.print(f"found feed {found} at {url}")
+            url = found
+            check_url(url, settings.allowed_private_hosts)
     with session_scope() as s:
         feed, created = add_feed(s, url, name=name, interval=interval)
     out.print(f"{'added' if created else 'already present'}: feed {feed.id} {feed.url}")

@@ -69,6 +69,7 @@ class ParsedFeed:
     rejected_links: int = 0                # of the skipped: a link that is not http(s) or cannot be resolved
     rejected_examples: list[str] = field(default_factory=list)   # up to 3, e.g. "javascript:… (scheme not allowed)"
     entries_over_cap: int = 0              # entries past max_entries, not looked at
+    sitemaps: list[str] = field(default_factory=list)   # a sitemap index: child sitemaps to fetch next, newest first
 
 
 def _str(value: Any) -> Optional[str]:
@@ -139,10 +140,16 @@ def _content(entry: Any) -> Optional[str]:
 def parse_feed(content: bytes, url: str, *, content_type: str = "", max_entries: int = 500) -> ParsedFeed:
     """Parse *content* (the response body, never a URL).  Raises ``FeedParseError``
     when the bytes are not a feed at all."""
+    from . import sitemaps      # here: sitemaps builds on this module
+
+    if content[:2] == sitemaps.GZIP_MAGIC:      # a .xml.gz file: compressed as a file, not as Content-Encoding
+        content = sitemaps.gunzip(content, url)
     if not content.strip():
         raise FeedParseError(url, "not a feed: empty body")
     if content.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{":
         return _parse_json_feed(content, url, max_entries)
+    if sitemaps.is_sitemap(content):            # <urlset> or <sitemapindex>: not for feedparser
+        return sitemaps.parse_sitemap(content, url, max_entries=max_entries)
     try:
         parsed, note = _feedparser(content, url, content_type)
     except Exception as exc:  # noqa: BLE001 - hostile bytes can trip the third-party parser anywhere

@@ -1,5 +1,6 @@
 """OPML import and export.  Parsed with defusedxml: entity expansion and external
-entities in an untrusted OPML file stay inert."""
+entities in an untrusted OPML file stay inert.  Nested folders are groups joined with
+"/" (``Feed.group_name``), and are written back as nested folders."""
 
 from __future__ import annotations
 
@@ -21,8 +22,22 @@ class OPMLFeed:
     group: Optional[str] = None
 
 
+GROUP_SEPARATOR = "/"      # nested folders Defence > Turkey are the group "Defence/Turkey"
+
+
+def _attr(outline: Element, name: str) -> Optional[str]:
+    """An attribute, its name matched case-insensitively (exporters write xmlUrl, xmlurl
+    and XMLURL), stripped; None when absent or blank."""
+    wanted = name.lower()
+    for key, value in outline.attrib.items():
+        if key.lower() == wanted:
+            return value.strip() or None
+    return None
+
+
 def parse_opml(data: bytes, source: str = "OPML") -> list[OPMLFeed]:
-    """Feeds in an OPML document; folders (outlines without xmlUrl) become groups."""
+    """Feeds in an OPML document, in document order; folders (outlines without xmlUrl)
+    become groups, nested ones joined with "/" ("Defence/Turkey")."""
     try:
         root = SafeET.fromstring(data)
     except (SafeET.ParseError, DefusedXmlException) as exc:
@@ -32,32 +47,38 @@ def parse_opml(data: bytes, source: str = "OPML") -> list[OPMLFeed]:
         raise ConfigError(f"{source}: not an OPML file (no <opml><body>)")
     feeds: list[OPMLFeed] = []
 
-    def walk(node, group: Optional[str]) -> None:  # noqa: ANN001
+    def walk(node: Element, group: Optional[str]) -> None:
         for outline in node.findall("outline"):
-            url = (outline.get("xmlUrl") or "").strip()
-            label = outline.get("title") or outline.get("text")
+            url = _attr(outline, "xmlUrl")
+            label = _attr(outline, "title") or _attr(outline, "text")
             if url:
-                feeds.append(OPMLFeed(url, label, outline.get("htmlUrl"), group))
-            else:
-                walk(outline, label or group)
+                feeds.append(OPMLFeed(url, label, _attr(outline, "htmlUrl"), group))
+            else:       # a folder; an unnamed one adds no level
+                name = GROUP_SEPARATOR.join(p.strip() for p in (label or "").split(GROUP_SEPARATOR) if p.strip())
+                walk(outline, f"{group}{GROUP_SEPARATOR}{name}" if group and name else name or group)
 
     walk(body, None)
     return feeds
 
 
 def build_opml(feeds: Iterable[OPMLFeed], title: str = "newsworker feeds") -> bytes:
+    """OPML 2.0 with one folder per group level, folders and feeds in order of first
+    appearance: parsing the result gives the feeds back in the order a re-export
+    writes them, so export -> import -> export is a fixed point."""
     root = Element("opml", version="2.0")
     SubElement(SubElement(root, "head"), "title").text = title
     body = SubElement(root, "body")
-    groups: dict[str, Element] = {}
+    folders: dict[tuple[str, ...], Element] = {(): body}
+
+    def folder(path: tuple[str, ...]) -> Element:
+        if path not in folders:
+            folders[path] = SubElement(folder(path[:-1]), "outline", text=path[-1], title=path[-1])
+        return folders[path]
+
     for f in feeds:
-        parent = body
-        if f.group:
-            if f.group not in groups:
-                groups[f.group] = SubElement(body, "outline", text=f.group, title=f.group)
-            parent = groups[f.group]
+        path = tuple(p.strip() for p in (f.group or "").split(GROUP_SEPARATOR) if p.strip())
         attrs = {"type": "rss", "text": f.name or f.url, "title": f.name or f.url, "xmlUrl": f.url}
         if f.site_url:
             attrs["htmlUrl"] = f.site_url
-        SubElement(parent, "outline", attrs)
+        SubElement(folder(path), "outline", attrs)
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + tostring(root, encoding="utf-8")

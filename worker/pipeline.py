@@ -16,7 +16,7 @@ from typing import Any, Optional
 import httpx
 from sqlmodel import Session
 
-from . import hints, http, raw, store
+from . import hints, http, raw, sitemaps, store
 from .dedupe import content_hash, fingerprint
 from .entities import extract_entities
 from .errors import BlockedURL, FeedParseError, FetchError, PermanentFetchError, TemporaryFetchError
@@ -88,6 +88,8 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
         else:
             parsed = parse_feed(result.content, result.final_url, content_type=result.content_type,
                                 max_entries=settings.max_entries_per_feed)
+            if parsed.sitemaps:     # a sitemap index: the entries are in its newest child sitemaps
+                parsed = sitemaps.expand_index(client, parsed, settings)
             new = _new_entries(session, feed.id, parsed.entries)
             if new:     # keep the bytes the new articles come from (for `newsworker reextract`)
                 raw_feed_id = store.save_raw(session, raw.pack("feed", result.final_url, result.content,
@@ -128,7 +130,7 @@ def _poll_notes(parsed: Any, settings: Settings) -> Optional[str]:
     """What an operator should know about a feed that was still read."""
     notes = []
     if parsed.warning:
-        notes.append(f"feed not well-formed: {parsed.warning}")
+        notes.append(parsed.warning if parsed.sitemaps else f"feed not well-formed: {parsed.warning}")
     if parsed.rejected_links:
         notes.append(f"{parsed.rejected_links} entries with links refused: " + "; ".join(parsed.rejected_examples))
     if parsed.entries_over_cap:
