@@ -387,18 +387,25 @@ def make_harness(tmp_path, site_server, redis_server):
 
 # ---------------------------------------------------------------- the faults
 
-def test_worker_killed_mid_article_redelivers_and_stores_it_once(make_harness, site_server):
-    """SIGKILL to every process of the worker while an article's page is being fetched:
-    the message was never acknowledged, so a new worker gets it again after the
-    visibility timeout and the article is stored once, from its page."""
+def _worker_busy_on_a_held_page(make_harness, site_server, tag: str, index: int):
+    """One feed of three articles; the worker is fetching article *index*, whose page
+    the server holds.  Returns (harness, site, held entry, worker)."""
     h = make_harness(visibility_timeout=VISIBILITY_TIMEOUT)
-    site = mount_site(site_server, n_feeds=1, per_feed=3, tag="kill")
-    slow = site.entries[1]
+    site = mount_site(site_server, n_feeds=1, per_feed=3, tag=tag)
+    slow = site.entries[index]
     site_server.hold(slow.path)
     h.cli("feeds", "add", site.feeds[0])
     w1 = h.worker("worker-1")
     h.cli("fetch", "--all")
     h.wait_for(f"the worker fetching {slow.path}", lambda: site_server.arrivals(slow.path) >= 1)
+    return h, site, slow, w1
+
+
+def test_worker_killed_mid_article_redelivers_and_stores_it_once(make_harness, site_server):
+    """SIGKILL to every process of the worker while an article's page is being fetched:
+    the message was never acknowledged, so a new worker gets it again after the
+    visibility timeout and the article is stored once, from its page."""
+    h, site, slow, w1 = _worker_busy_on_a_held_page(make_harness, site_server, "kill", 1)
 
     h.unwatch(w1)
     w1.kill()
@@ -512,14 +519,7 @@ def test_worker_sigterm_mid_article_finishes_or_requeues(make_harness, site_serv
     (`kill PID`, `docker stop`) or to all its processes (systemd's default KillMode):
     the worker shuts down by itself, having finished the task or handed it back, and
     after a new worker starts the article is stored once."""
-    h = make_harness(visibility_timeout=VISIBILITY_TIMEOUT)
-    site = mount_site(site_server, n_feeds=1, per_feed=3, tag=f"term-{target}")
-    slow = site.entries[0]
-    site_server.hold(slow.path)
-    h.cli("feeds", "add", site.feeds[0])
-    w1 = h.worker("worker-1")
-    h.cli("fetch", "--all")
-    h.wait_for(f"the worker fetching {slow.path}", lambda: site_server.arrivals(slow.path) >= 1)
+    h, site, slow, w1 = _worker_busy_on_a_held_page(make_harness, site_server, f"term-{target}", 0)
 
     h.unwatch(w1)
     w1.signal(signal.SIGTERM, group=(target == "group"))

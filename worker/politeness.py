@@ -147,6 +147,11 @@ class HostLimiter:
     def penalise(self, url_or_host: str, seconds: float) -> float:
         """No request to the host starts for *seconds* (capped at ``max_penalty``), on
         any worker.  Never shortens a longer penalty.  Returns the seconds in force."""
+        host = host_key(url_or_host)
+        seconds = min(max(seconds, 0.0), self.max_penalty)
+        return self._penalise_host(url_or_host, host, seconds) if seconds > 0 else 0.0
+
+    def _penalise_host(self, url_or_host: str, host: str, seconds: float) -> float:
         raise NotImplementedError
 
     # -- waiting
@@ -290,11 +295,7 @@ class RedisHostLimiter(HostLimiter):
                         lease.host, self.lease_seconds, exc)
             return False
 
-    def penalise(self, url_or_host: str, seconds: float) -> float:
-        host = host_key(url_or_host)
-        seconds = min(max(seconds, 0.0), self.max_penalty)
-        if seconds <= 0:
-            return 0.0
+    def _penalise_host(self, url_or_host: str, host: str, seconds: float) -> float:
         try:
             in_force = self._penalise(keys=self._keys(host)[1:], args=[int(seconds * _US)])
         except redis.RedisError as exc:
@@ -348,11 +349,7 @@ class LocalHostLimiter(HostLimiter):
             self._cond.notify_all()     # a waiter on a busy host need not sleep out its poll
             return held
 
-    def penalise(self, url_or_host: str, seconds: float) -> float:
-        host = host_key(url_or_host)
-        seconds = min(max(seconds, 0.0), self.max_penalty)
-        if seconds <= 0:
-            return 0.0
+    def _penalise_host(self, url_or_host: str, host: str, seconds: float) -> float:
         with self._cond:
             now = time.monotonic()
             state = self._state(host, now)

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
@@ -52,16 +53,20 @@ def ensure_redis() -> str:
         return _cache["redis"]
 
 
-def start_redis(timeout: float = 15) -> str:
-    """Start a throwaway, non-persistent redis-server; stopped at interpreter exit."""
-    server = RedisServer()
+def _start_throwaway(server: Any, timeout: float) -> Any:
+    """Start *server*; it is cleaned up at interpreter exit, or now if it fails to start."""
     try:
         server.start(timeout)
     except BaseException:
         server.cleanup()
         raise
     atexit.register(server.cleanup)
-    return server.url
+    return server
+
+
+def start_redis(timeout: float = 15) -> str:
+    """Start a throwaway, non-persistent redis-server; stopped at interpreter exit."""
+    return _start_throwaway(RedisServer(), timeout).url
 
 
 class RedisServer:
@@ -176,13 +181,7 @@ def _version_key(path: str) -> tuple[int, ...]:
 def start_postgres(timeout: float = 60) -> str:
     """initdb + pg_ctl start a throwaway cluster (trust auth, fsync off) on a free port;
     stopped and deleted at interpreter exit."""
-    server = PostgresServer()
-    try:
-        server.start(timeout)
-    except BaseException:
-        server.cleanup()
-        raise
-    atexit.register(server.cleanup)
+    server = _start_throwaway(PostgresServer(), timeout)
     if not _pg_answers(server.admin_url):
         raise RuntimeError(f"throwaway PostgreSQL on port {server.port} started but does not accept connections")
     return server.admin_url
