@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, corpus_dir  # noqa: E402
 from worker.devserver import DevServer, build_atom, build_rss, mount_zyte_corpus  # noqa: E402
+from worker.urls import canonicalise  # noqa: E402
 
 GOOD_FEEDS = 12
 RESULTS = ROOT / "bench" / "results"
@@ -131,7 +132,6 @@ class GrowingFeeds:
         self.items: list[list[dict]] = [[] for _ in range(GOOD_FEEDS)]
         self.interval = release_seconds / max(1, len(self.pending))
         self.released: list[str] = []
-        self.guid: dict[str, str] = {}
         self.stop = threading.Event()
         for _ in range(GOOD_FEEDS * 2):          # something to find on the first poll
             self._release()
@@ -148,7 +148,6 @@ class GrowingFeeds:
         self.items[i].append({"title": meta["hash"], "link": url, "guid": meta["hash"],
                               "pub_date": datetime.now(timezone.utc)})
         self.released.append(url)
-        self.guid[url] = meta["hash"]
 
     def _publish(self, i: int) -> None:
         build = build_rss if i % 2 == 0 else build_atom
@@ -290,8 +289,8 @@ def main() -> None:
         expected = set(feeds.released)
         while time.monotonic() < deadline:
             with engine.connect() as c:
-                have = set(c.execute(sa.text("select guid from article_feeds")).scalars())
-            if {feeds.guid[u] for u in expected} <= have:
+                have = set(c.execute(sa.text("select canonical_url from article_urls")).scalars())
+            if {canonicalise(u) for u in expected} <= have:
                 break
             time.sleep(5)
         report = check(engine, server, feeds, hostile, memory, restarts, args.minutes)
@@ -312,7 +311,7 @@ def check(engine, server, feeds, hostile, memory, restarts, minutes) -> dict:
     import sqlalchemy as sa
 
     with engine.connect() as c:
-        seen_guids = set(c.execute(sa.text("select guid from article_feeds where guid is not null")).scalars())
+        stored_urls = set(c.execute(sa.text("select canonical_url from article_urls")).scalars())
         guids = c.execute(sa.text("select guid, count(*) from articles where guid is not null "
                                   "group by guid having count(*) > 1")).all()
         # per hostile feed: its last failed outcome and error, and the entries it had rejected
@@ -325,11 +324,11 @@ def check(engine, server, feeds, hostile, memory, restarts, minutes) -> dict:
             "from feeds f where f.url = :u and exists (select 1 from fetch_events e where e.feed_id = f.id)"),
             {"u": server.base_url + path}).first() for path in hostile}
         polls = c.execute(sa.text("select outcome, count(*) from fetch_events group by outcome")).all()
-        dead = c.execute(sa.text("select task_name, error from dead_letters")).all()
+        dead = c.execute(sa.text("select task_name, left(error, 300) from dead_letters")).all()
         secret = c.execute(sa.text("select count(*) from articles where text like '%SECRET-SHOULD%' "
                                    "or text like '%root:x:0%' or title like '%root:x:0%'")).scalar()
         total = c.execute(sa.text("select count(*) from articles")).scalar()
-    lost = [u for u in feeds.released if feeds.guid[u] not in seen_guids]
+    lost = [u for u in feeds.released if canonicalise(u) not in stored_urls]
     secret_requests = len(server.requests_for("/secret.txt"))
     growth = {}
     for pid, samples in memory.items():
