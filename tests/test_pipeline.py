@@ -180,7 +180,7 @@ def test_disabled_feed_is_enabled_again_from_the_cli(tmp_path, devserver):
 
     env = base_env(tmp_path, allowed_private_hosts=devserver.host_port, disable_after_failures="2")
     cli(env, "db", "upgrade")
-    cli(env, "feeds", "add", f"{devserver.base_url}/gone.xml")
+    cli(env, "feeds", "add", "--no-discover", f"{devserver.base_url}/gone.xml")
     for _ in range(2):
         cli(env, "fetch", "--all", "--inline", check=False)
     listed = cli(env, "feeds", "list", "--json").stdout
