@@ -33,6 +33,7 @@ test: install
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/dedupe_scale.py
+	$(BIN)/python bench/dispatch_scale.py
 
 ## Continuous polling of good and hostile feeds through the real service, with worker
 ## restarts: nothing lost or duplicated, memory flat.  SOAK_MINUTES=30 for the full run.
