@@ -245,7 +245,8 @@ def main() -> None:
                NEWSWORKER_RESULT_BACKEND=redis_url, NEWSWORKER_ALLOWED_PRIVATE_HOSTS=server.host_port,
                NEWSWORKER_DISPATCH_INTERVAL="5", NEWSWORKER_DEFAULT_INTERVAL="20", NEWSWORKER_MIN_INTERVAL="5",
                NEWSWORKER_MAX_BACKOFF="120", NEWSWORKER_CLAIM_TIMEOUT="300", NEWSWORKER_VISIBILITY_TIMEOUT="200",
-               NEWSWORKER_REQUEST_DEADLINE="30", NEWSWORKER_MAX_PAGE_BYTES=str(5 << 20))
+               NEWSWORKER_REQUEST_DEADLINE="30", NEWSWORKER_MAX_PAGE_BYTES=str(5 << 20),
+               NEWSWORKER_POLITE_MIN_DELAY="0.1", NEWSWORKER_POLITE_MAX_CONCURRENT="4")   # one server, many sites
     cli(env, "db", "upgrade")
     for path in feeds.paths() + list(hostile):
         cli(env, "feeds", "add", "--no-discover", server.base_url + path)   # hostile ones would be refused

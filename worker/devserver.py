@@ -100,6 +100,7 @@ class RequestRecord:
     query: str
     headers: dict[str, str]  # lower-case names
     status: int
+    at: float = field(default_factory=time.monotonic)   # when the request arrived
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -132,6 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self, head: bool) -> None:
         dev = self.server.dev
+        arrived = time.monotonic()
         path, _, query = self.path.partition("?")  # not urlsplit: "//x" is a path here, not a host
         route = dev.lookup(path)
         headers: dict[str, str] = {}
@@ -155,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
                     headers["Content-Encoding"] = "gzip"
         # Recorded before answering, so a client that has its response sees the record.
         dev._record(RequestRecord(self.command, _norm(path), query,
-                                  {k.lower(): v for k, v in self.headers.items()}, status))
+                                  {k.lower(): v for k, v in self.headers.items()}, status, arrived))
         self.send_response(status)
         if status != 304:  # a 304 has no body by definition; Content-Length would describe the 200
             headers["Content-Type"] = ctype

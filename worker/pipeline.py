@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -23,6 +24,7 @@ from .errors import BlockedURL, FeedParseError, FetchError, PermanentFetchError,
 from .extract import Extracted, clean_text, detect_language, extract_page, html_to_text, parse_html
 from .feeds import ParsedEntry, parse_feed
 from .models import Feed, utcnow
+from .politeness import HostBusy, Politeness
 from .schedule import NOT_MODIFIED, OK, PERMANENT, TEMPORARY, PollOutcome, next_state
 from .settings import Settings
 from .tagging import Tagger, load_tagger
@@ -63,21 +65,24 @@ def warm_up() -> None:
 
 # ---------------------------------------------------------------- feeds
 
-def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Settings) -> PollResult:
+def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Settings,
+              polite: Optional[Politeness] = None) -> PollResult:
     """Poll one feed and record the outcome (fetch event, feed state, claim released).
     Entries not stored yet are returned for :func:`process_entry`.  Never raises a
-    ``FetchError``: failures are outcomes."""
+    ``FetchError``: failures are outcomes, except ``HostBusy`` (*polite* says the host
+    must wait), which is raised so the caller can poll later."""
     feed = store.get_feed(session, feed_id)
     started = utcnow()
     t0 = time.perf_counter()
     new: list[ParsedEntry] = []
     raw_feed_id: Optional[int] = None
     try:
-        result = http.get(
-            client, feed.url, etag=feed.etag, last_modified=feed.last_modified, max_bytes=settings.max_feed_bytes,
-            allowed_private_hosts=settings.allowed_private_hosts, accept=FEED_ACCEPT,
-            deadline=settings.request_deadline,
-        )
+        with polite.gate(feed.url) if polite else nullcontext():
+            result = http.get(
+                client, feed.url, etag=feed.etag, last_modified=feed.last_modified, max_bytes=settings.max_feed_bytes,
+                allowed_private_hosts=settings.allowed_private_hosts, accept=FEED_ACCEPT,
+                deadline=settings.request_deadline,
+            )
         body_sha = hashlib.sha256(result.content).hexdigest() if not result.not_modified else None
         if result.not_modified or body_sha == feed.body_sha256:
             # 304, or a server that ignores conditional GETs sent the same bytes: nothing to parse.
@@ -104,6 +109,8 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
             feed.site_url = parsed.site_url or feed.site_url
             feed.body_sha256 = body_sha
         _note_move(session, feed, result.moved_permanently_to, settings)
+    except HostBusy:
+        raise
     except TemporaryFetchError as exc:
         outcome = PollOutcome(TEMPORARY, http_status=exc.status, error=str(exc), retry_after=exc.retry_after)
     except (PermanentFetchError, BlockedURL, FeedParseError) as exc:
@@ -210,17 +217,21 @@ def parse_page(page: Page) -> Page:
     return page
 
 
-def fetch_page(client: httpx.Client, url: str, settings: Settings) -> Page:
-    """GET an article page.  Never raises ``FetchError``: a failure is kept in the value,
-    so pages can be fetched ahead (in threads) of the step that uses them."""
+def fetch_page(client: httpx.Client, url: str, settings: Settings, polite: Optional[Politeness] = None) -> Page:
+    """GET an article page (robots.txt and the host's politeness permitting).  Never
+    raises ``FetchError`` but ``HostBusy``: a failure is kept in the value, so pages can
+    be fetched ahead (in threads) of the step that uses them."""
     try:
-        result = http.get(client, url, max_bytes=settings.max_page_bytes,
-                          allowed_private_hosts=settings.allowed_private_hosts, accept=PAGE_ACCEPT,
-                          deadline=settings.request_deadline)
+        with polite.gate(url, page=True) if polite else nullcontext():
+            result = http.get(client, url, max_bytes=settings.max_page_bytes,
+                              allowed_private_hosts=settings.allowed_private_hosts, accept=PAGE_ACCEPT,
+                              deadline=settings.request_deadline)
         ctype = result.content_type.lower()
         if ctype and not any(t in ctype for t in _HTML_TYPES):
             raise PermanentFetchError(url, f"not an HTML page (Content-Type {result.content_type})", status=result.status)
         return Page(url, result)
+    except HostBusy:
+        raise
     except FetchError as exc:
         return Page(url, error=exc)
 
@@ -228,6 +239,7 @@ def fetch_page(client: httpx.Client, url: str, settings: Settings) -> Page:
 def process_entry(
     session: Session, client: httpx.Client, feed_id: int, entry: ParsedEntry, tagger: Tagger, settings: Settings,
     *, fallback_on_temporary: bool = True, page: Optional[Page] = None, raw_feed_id: Optional[int] = None,
+    polite: Optional[Politeness] = None,
 ) -> EntryResult:
     """Store one feed entry as an article (or link it to the article it duplicates).
     *page* is the entry's page when already fetched; *raw_feed_id* the kept feed body
@@ -241,7 +253,7 @@ def process_entry(
         if existing is not None:
             store.link_feed(session, existing, feed_id, entry.guid, entry.link)
             return EntryResult(existing, False)
-        page = parse_page(fetch_page(client, entry.link, settings))
+        page = parse_page(fetch_page(client, entry.link, settings, polite))
     draft = make_article(entry, canonical, page, settings, fallback_on_temporary=fallback_on_temporary)
     draft.raw_feed_id = raw_feed_id
     if draft.canonical_url != canonical:

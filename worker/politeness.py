@@ -21,7 +21,7 @@ import random
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Optional, Union
 from urllib.parse import urlsplit
@@ -361,3 +361,60 @@ class LocalHostLimiter(HostLimiter):
     def _sleep(self, seconds: float) -> None:
         with self._cond:
             self._cond.wait(seconds)
+
+
+# ---------------------------------------------------------------- what the pipeline holds
+
+@dataclass
+class Politeness:
+    """The limiter and robots.txt rules one worker process applies to every request:
+    :meth:`gate` holds a slot of the URL's host for one request (waiting at most
+    ``max_wait``; longer waits raise :class:`HostBusy` so the task re-queues itself)."""
+
+    limiter: HostLimiter
+    robots: Any = None                  # worker.robots.RobotsCache, or None when robots.txt is not consulted
+    max_wait: float = 10.0
+    max_crawl_delay: float = 60.0
+
+    fallback: Optional[HostLimiter] = None   # used while the shared limiter is unreachable
+
+    @contextmanager
+    def gate(self, url: str, *, page: bool = False) -> Iterator[None]:
+        """Hold a slot of *url*'s host for the body of the ``with``.  For article pages
+        (*page*), robots.txt is checked first (``RobotsDisallowed``) and its Crawl-delay
+        honoured.  While Redis is unreachable the limits hold per process (*fallback*):
+        the tasks in flight finish instead of failing their feeds."""
+        delay = None
+        if page and self.robots is not None:
+            self.robots.check(url)
+            asked = self.robots.crawl_delay(url)
+            delay = min(asked, self.max_crawl_delay) if asked else None
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self.limiter.slot(url, max_wait=self.max_wait, min_delay=delay))
+            except PolitenessUnavailable as exc:
+                if self.fallback is None:
+                    raise
+                log.warning("%s; limiting %s in this process until it is back", exc.reason, host_key(url))
+                stack.enter_context(self.fallback.slot(url, max_wait=self.max_wait, min_delay=delay))
+            yield
+
+
+def make_politeness(settings: Any, client: Any, redis_url: Optional[str]) -> Politeness:
+    """The limiter on Redis when there is one (shared by every worker), else in this
+    process only (the embedded default); robots.txt fetched through *client*."""
+    from .robots import RobotsCache, http_fetcher
+
+    limits = dict(max_concurrent=settings.polite_max_concurrent, min_delay=settings.polite_min_delay,
+                  lease_seconds=max(settings.polite_lease_seconds, settings.request_deadline + 30),
+                  max_wait=settings.polite_max_wait)
+    rclient = redis.Redis.from_url(redis_url) if redis_url else None
+    limiter: HostLimiter = RedisHostLimiter(rclient, **limits) if rclient else LocalHostLimiter(**limits)
+    robots = None
+    if settings.robots_enabled:
+        robots = RobotsCache(http_fetcher(client, allowed_private_hosts=settings.allowed_private_hosts,
+                                          deadline=settings.request_deadline, limiter=limiter,
+                                          max_wait=settings.polite_max_wait),
+                             settings.user_agent, redis_client=rclient)
+    fallback = LocalHostLimiter(**limits) if rclient else None
+    return Politeness(limiter, robots, settings.polite_max_wait, fallback=fallback)

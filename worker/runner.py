@@ -68,6 +68,8 @@ def wait(tasks: list[tuple[int, str]], timeout: float) -> Summary:
     child_ids: list[str] = []
     for fid, task_id in tasks:
         r = AsyncResult(task_id, app=app).get(timeout=timeout, propagate=False)
+        while isinstance(r, dict) and r.get("deferred_task"):     # put off for a busy host: follow it
+            r = AsyncResult(r["deferred_task"], app=app).get(timeout=timeout, propagate=False)
         summary.feeds += 1
         if not isinstance(r, dict):
             summary.failures += 1
@@ -79,12 +81,14 @@ def wait(tasks: list[tuple[int, str]], timeout: float) -> Summary:
         summary.details.append(f"feed {fid}: {r['status']}" + (f" — {r['error']}" if r.get("error") else "")
                                + f" ({r.get('items_seen', 0)} entries, {r.get('items_new', 0)} new)")
         child_ids.extend(r.get("entry_tasks") or [])
-    if child_ids:
+    while child_ids:
         rs = ResultSet([AsyncResult(i, app=app) for i in child_ids])
         join = rs.join_native if rs.supports_native_join else rs.join     # Redis: one subscription, no polling
-        results = join(timeout=timeout, propagate=False)
-        for r in results:
-            if isinstance(r, dict):
+        child_ids = []
+        for r in join(timeout=timeout, propagate=False):
+            if isinstance(r, dict) and r.get("deferred_task"):
+                child_ids.append(r["deferred_task"])
+            elif isinstance(r, dict):
                 summary.articles_new += bool(r.get("created"))
             else:
                 summary.failures += 1
@@ -95,24 +99,24 @@ def wait(tasks: list[tuple[int, str]], timeout: float) -> Summary:
 PREFETCH = 4      # pages fetched ahead in threads while this thread extracts and stores
 
 
-def _fetch_and_parse(client: Any, url: str, settings: Any) -> Any:
+def _fetch_and_parse(client: Any, url: str, settings: Any, polite: Any) -> Any:
     from . import pipeline
 
-    return pipeline.parse_page(pipeline.fetch_page(client, url, settings))
+    return pipeline.parse_page(pipeline.fetch_page(client, url, settings, polite))
 
 
-def _prefetch(client: Any, entries: list[Any], settings: Any) -> Iterator[Any]:
+def _prefetch(client: Any, entries: list[Any], settings: Any, polite: Any) -> Iterator[Any]:
     """The entries' pages in order, fetched up to PREFETCH ahead, so network waits
     overlap with extraction instead of adding to it."""
     with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="prefetch") as pool:
         window: deque[Future[Any]] = deque()
         todo = iter(entries)
         for entry in itertools.islice(todo, PREFETCH):
-            window.append(pool.submit(_fetch_and_parse, client, entry.link, settings))
+            window.append(pool.submit(_fetch_and_parse, client, entry.link, settings, polite))
         while window:
             page = window.popleft().result()
             for entry in itertools.islice(todo, 1):
-                window.append(pool.submit(_fetch_and_parse, client, entry.link, settings))
+                window.append(pool.submit(_fetch_and_parse, client, entry.link, settings, polite))
             yield page
 
 
@@ -120,6 +124,7 @@ def run_inline(feed_ids: list[int], on_event: Optional[Callable[..., None]] = No
     """Poll and process the feeds here, one transaction per step, as a worker would."""
     from . import pipeline
     from .http import make_client
+    from .politeness import make_politeness
     from .tagging import load_tagger
 
     settings = get_settings()
@@ -127,9 +132,12 @@ def run_inline(feed_ids: list[int], on_event: Optional[Callable[..., None]] = No
     summary = Summary()
     notify = on_event or (lambda *a, **k: None)
     with make_client(settings) as client:
+        # This process only: wait for a busy host as long as it takes (no task to re-queue).
+        polite = make_politeness(settings, client, None)
+        polite.max_wait = settings.request_deadline * 10
         for fid in feed_ids:
             with session_scope() as s:
-                result = pipeline.poll_feed(s, client, fid, settings)
+                result = pipeline.poll_feed(s, client, fid, settings, polite)
             o = result.outcome
             summary.feeds += 1
             summary.entries_seen += o.items_seen
@@ -137,7 +145,7 @@ def run_inline(feed_ids: list[int], on_event: Optional[Callable[..., None]] = No
                 summary.failures += 1
                 summary.details.append(f"feed {fid}: {o.status} — {o.error}")
             notify("entries", f"feed {fid}: {len(result.new_entries)} new entries", len(result.new_entries))
-            for entry, page in zip(result.new_entries, _prefetch(client, result.new_entries, settings)):
+            for entry, page in zip(result.new_entries, _prefetch(client, result.new_entries, settings, polite)):
                 with session_scope() as s:
                     r = pipeline.process_entry(s, client, fid, entry, tagger, settings, page=page,
                                                raw_feed_id=result.raw_feed_id)

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     max_deliveries: int = 5              # a task started more often than this goes to the dead letters
     raw_retention_days: int = 30         # raw page and feed bytes kept for `newsworker reextract`
 
+    # Politeness, shared by every worker through Redis (per process on the embedded default).
+    polite_max_concurrent: int = 2       # requests in flight per host
+    polite_min_delay: float = 1.0        # seconds between two requests to a host
+    polite_max_wait: float = 10.0        # a task waits this long for its host, else re-queues itself
+    polite_lease_seconds: float = 120.0  # a slot a killed worker held is freed after this
+    robots_enabled: bool = True          # article pages respect robots.txt
+
     tagging_rules: Path = CONFIG_DIR / "tagging.yaml"
     entity_rules: Path = CONFIG_DIR / "entities.yaml"
     feeds_opml: Path = CONFIG_DIR / "feeds.opml"

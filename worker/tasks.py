@@ -21,6 +21,7 @@ from .db import session_scope
 from .errors import FeedNotFound, TemporaryFetchError
 from .feeds import ParsedEntry
 from .http import make_client
+from .politeness import HostBusy, Politeness, make_politeness
 from .models import utcnow
 from .settings import get_settings
 from .tagging import load_tagger
@@ -63,8 +64,12 @@ class GuardedTask(app.Task):
                                       deliveries=starts or 1, retries=retries)
         except OperationalError as exc:
             log.error("could not record dead letter for task %s[%s]: database unreachable (%s)", self.name, task_id, exc)
+
+
 _client: Optional[tuple[int, httpx.Client]] = None
+_polite: Optional[tuple[int, Politeness]] = None
 PAGE_TRIES = 3          # temporary page errors are retried this often before the feed's text is used
+MAX_DEFERS = 50         # a task put off this often for a busy host gives up (the feed's next poll finds it)
 
 
 def http_client() -> httpx.Client:
@@ -73,6 +78,28 @@ def http_client() -> httpx.Client:
     if _client is None or _client[0] != os.getpid():
         _client = (os.getpid(), make_client())
     return _client[1]
+
+
+def politeness() -> Politeness:
+    """The per-host limiter (on Redis when the broker is Redis: shared by every worker)
+    and robots.txt cache of this worker process."""
+    global _polite
+    if _polite is None or _polite[0] != os.getpid():
+        settings = get_settings()
+        redis_url = settings.broker_url if settings.broker_url.startswith(("redis://", "rediss://")) else None
+        _polite = (os.getpid(), make_politeness(settings, http_client(), redis_url))
+    return _polite[1]
+
+
+def defer(task: Any, exc: HostBusy, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Send the task again later, when its host is free: a new message (retries and
+    delivery counts untouched), so a worker never sleeps on a busy host."""
+    defers = kwargs.get("defers", 0) + 1
+    if defers > MAX_DEFERS:
+        raise exc
+    countdown = (exc.retry_after or 1.0) + random.uniform(0, 1.0)
+    again = task.apply_async(args=args, kwargs={**kwargs, "defers": defers}, countdown=countdown)
+    return {"status": "deferred", "error": str(exc), "deferred_task": again.id, "entry_tasks": []}
 
 
 def backoff(retries: int, retry_after: Optional[float] = None) -> float:
@@ -94,12 +121,14 @@ def dispatch_due_feeds(limit: int = 1000) -> list[int]:
 
 
 @app.task(base=GuardedTask, bind=True, soft_time_limit=90, time_limit=120, max_retries=5)
-def poll_feed(self: Any, feed_id: int) -> dict[str, Any]:
+def poll_feed(self: Any, feed_id: int, defers: int = 0) -> dict[str, Any]:
     """Poll one feed; enqueue one ``process_entry`` per new entry."""
     settings = get_settings()
     try:
         with session_scope() as session:
-            result = pipeline.poll_feed(session, http_client(), feed_id, settings)
+            result = pipeline.poll_feed(session, http_client(), feed_id, settings, politeness())
+    except HostBusy as exc:      # the feed stays claimed; polled when its host is free
+        return {"feed_id": feed_id, **defer(poll_feed, exc, (feed_id,), {"defers": defers})}
     except FeedNotFound as exc:
         return {"feed_id": feed_id, "status": "missing", "error": str(exc), "entry_tasks": []}
     except SoftTimeLimitExceeded:
@@ -129,7 +158,8 @@ def poll_feed(self: Any, feed_id: int) -> dict[str, Any]:
 
 
 @app.task(base=GuardedTask, bind=True, soft_time_limit=90, time_limit=120, max_retries=8)
-def process_entry(self: Any, feed_id: int, entry: dict[str, Any], raw_feed_id: Optional[int] = None) -> dict[str, Any]:
+def process_entry(self: Any, feed_id: int, entry: dict[str, Any], raw_feed_id: Optional[int] = None,
+                  defers: int = 0) -> dict[str, Any]:
     """Fetch, extract, deduplicate, tag and store one feed entry."""
     settings = get_settings()
     parsed = ParsedEntry.from_dict(entry)
@@ -137,7 +167,10 @@ def process_entry(self: Any, feed_id: int, entry: dict[str, Any], raw_feed_id: O
     try:
         with session_scope() as session:
             result = pipeline.process_entry(session, http_client(), feed_id, parsed, load_tagger(), settings,
-                                            fallback_on_temporary=last_try, raw_feed_id=raw_feed_id)
+                                            fallback_on_temporary=last_try, raw_feed_id=raw_feed_id,
+                                            polite=politeness())
+    except HostBusy as exc:
+        return {"url": parsed.link, **defer(process_entry, exc, (feed_id, entry, raw_feed_id), {"defers": defers})}
     except TemporaryFetchError as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries, exc.retry_after))
     except OperationalError as exc:

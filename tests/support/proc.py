@@ -19,6 +19,10 @@ def base_env(var_dir: Path, **settings: str) -> dict[str, str]:
     the given settings (keys without the prefix) added."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSWORKER_")}
     env["NEWSWORKER_VAR_DIR"] = str(var_dir)
+    # Every test site is one local server standing in for many hosts: no per-host delay
+    # unless a test asks for one (tests/test_politeness.py and the politeness service test do).
+    env["NEWSWORKER_POLITE_MIN_DELAY"] = "0"
+    env["NEWSWORKER_POLITE_MAX_CONCURRENT"] = "8"
     env.update({f"NEWSWORKER_{k.upper()}": v for k, v in settings.items()})
     return env
 
