@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.proc import WorkerProcess, base_env, cli, jsonl
+from tests.support.services import create_database, drop_database, ensure_postgres
 from worker.devserver import build_rss
 
 pytestmark = pytest.mark.services
@@ -13,7 +14,16 @@ pytestmark = pytest.mark.services
 MIN_DELAY = 0.4
 
 
-def test_worker_keeps_the_per_host_delay_and_respects_robots(tmp_path, devserver, pg_url, redis_url):
+@pytest.fixture
+def own_db():
+    """A database of its own: `fetch --all` here must not see other tests' feeds."""
+    admin = ensure_postgres()
+    url = create_database(admin)
+    yield url
+    drop_database(admin, url)
+
+
+def test_worker_keeps_the_per_host_delay_and_respects_robots(tmp_path, devserver, own_db, redis_url):
     base = devserver.base_url
     pages = [f"/site/story-{i}.html" for i in range(6)]
     for i, path in enumerate(pages):
@@ -26,7 +36,7 @@ def test_worker_keeps_the_per_host_delay_and_respects_robots(tmp_path, devserver
                                                                "may not be fetched."}
                                                for i, p in enumerate(pages)], "site", base),
                   content_type="application/rss+xml")
-    env = base_env(tmp_path, database_url=pg_url, broker_url=redis_url, result_backend=redis_url,
+    env = base_env(tmp_path, database_url=own_db, broker_url=redis_url, result_backend=redis_url,
                    allowed_private_hosts=devserver.host_port, polite_min_delay=str(MIN_DELAY),
                    polite_max_concurrent="2")
     cli(env, "db", "upgrade")
