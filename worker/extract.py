@@ -112,7 +112,8 @@ def parse_html(content: bytes) -> Any:
 def _metadata(tree: Any, url: str) -> Any:
     """The metadata fields we store, found as trafilatura's extract_metadata finds them
     (meta tags, then JSON-LD, then the page itself), leaving out categories, tags and
-    licence.  Reads the tree without changing it."""
+    licence, and the author when the tags name none (see :func:`_author_from_page`).
+    Reads the tree without changing it."""
     meta = tmeta.examine_meta(tree)
     if meta.author and " " not in meta.author:      # a user name, not a person's name
         meta.author = None
@@ -121,12 +122,18 @@ def _metadata(tree: Any, url: str) -> Any:
     except Exception:  # noqa: BLE001 - trafilatura's JSON-LD reader trips over odd data
         pass
     meta.title = meta.title or tmeta.extract_title(tree)
-    meta.author = meta.author or tmeta.extract_author(tree)
     meta.url = meta.url or tmeta.extract_url(tree, url)
     meta.date = find_date(tree, url=meta.url, **_DATE_OPTIONS)
     meta.sitename = meta.sitename or tmeta.extract_sitename(tree)
-    meta.clean_and_trim()
     return meta
+
+
+def _author_from_page(tree: Any) -> Optional[str]:
+    """trafilatura's extract_author without its deep copy of the page (2.5 ms a page on
+    average): it prunes *tree* in place, so it runs last, when nothing else reads it."""
+    author = tmeta.extract_metainfo(tmeta.prune_unwanted_nodes(tree, tmeta.AUTHOR_DISCARD_XPATHS),
+                                    tmeta.AUTHOR_XPATHS, len_limit=120)
+    return tmeta.normalize_authors(None, author) if author else None
 
 
 def extract_page(html: Any, url: str) -> Optional[Extracted]:
@@ -136,9 +143,11 @@ def extract_page(html: Any, url: str) -> Optional[Extracted]:
     if tree is None:
         return None
     meta = _metadata(tree, url)
-    doc = trafilatura.bare_extraction(tree, url=url, **_EXTRACT_OPTIONS)
+    doc = trafilatura.bare_extraction(tree, url=url, **_EXTRACT_OPTIONS)    # works on its own copy
     if doc is None or len((doc.text or "").split()) < MIN_WORDS:
         return None
+    meta.author = meta.author or _author_from_page(tree)
+    meta.clean_and_trim()
     text = strip_headline(doc.text, meta.title)
     canonical = meta.url if meta.url and meta.url != url and same_site(meta.url, url) else None
     return Extracted(
