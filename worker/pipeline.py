@@ -23,7 +23,7 @@ from .entities import extract_entities
 from .errors import BlockedURL, FeedParseError, FetchError, PermanentFetchError, TemporaryFetchError
 from .extract import Extracted, clean_text, detect_language, extract_page, html_to_text, parse_html
 from .feeds import ParsedEntry, parse_feed
-from .models import Feed, utcnow
+from .models import Article, Feed, RawDocument, utcnow
 from .politeness import HostBusy, Politeness
 from .schedule import NOT_MODIFIED, OK, PERMANENT, TEMPORARY, PollOutcome, next_state
 from .settings import Settings
@@ -98,7 +98,7 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
             new = _new_entries(session, feed.id, parsed.entries)
             if new:     # keep the bytes the new articles come from (for `newsworker reextract`)
                 raw_feed_id = store.save_raw(session, raw.pack("feed", result.final_url, result.content,
-                                                               result.content_type))
+                                                               result.content_type, sha256=body_sha))
             outcome = PollOutcome(OK, http_status=result.status, etag=result.etag, last_modified=result.last_modified,
                                   items_seen=len(parsed.entries), items_new=len(new),
                                   items_rejected=parsed.rejected_links + parsed.entries_over_cap,
@@ -130,7 +130,6 @@ def _note_move(session: Session, feed: Feed, target: Optional[str], settings: Se
     feed.moved_to = target
     if feed.moved_seen >= settings.redirect_confirmations and not store.feed_url_taken(session, target, feed.id):
         feed.url, feed.moved_to, feed.moved_seen = target, None, 0
-        feed.etag = feed.last_modified = None
 
 
 def _poll_notes(parsed: Any, settings: Settings) -> Optional[str]:
@@ -254,8 +253,8 @@ def process_entry(
             store.link_feed(session, existing, feed_id, entry.guid, entry.link)
             return EntryResult(existing, False)
         page = parse_page(fetch_page(client, entry.link, settings, polite))
-    draft = make_article(entry, canonical, page, settings, fallback_on_temporary=fallback_on_temporary)
-    draft.raw_feed_id = raw_feed_id
+    draft = make_article(entry, canonical, page, settings, fallback_on_temporary=fallback_on_temporary,
+                         raw_feed_id=raw_feed_id)
     if draft.canonical_url != canonical:
         existing = store.known_article(session, [draft.canonical_url])
         if existing is not None:
@@ -269,7 +268,8 @@ def process_entry(
 
 
 def make_article(
-    entry: ParsedEntry, canonical: str, page: Page, settings: Settings, *, fallback_on_temporary: bool = True
+    entry: ParsedEntry, canonical: str, page: Page, settings: Settings, *, fallback_on_temporary: bool = True,
+    raw_feed_id: Optional[int] = None,
 ) -> store.ArticleDraft:
     """The article for *entry*: the page's text when it was fetched and has an article,
     else the feed's own content, and a note of which and why."""
@@ -323,6 +323,7 @@ def make_article(
         fetch_error=fetch_error,
         alias_urls=tuple(sorted(aliases)),
         raw_page=page.raw_body,
+        raw_feed_id=raw_feed_id,
     )
 
 
@@ -331,8 +332,6 @@ def make_article(
 def reextract_article(session: Session, article_id: int, tagger: Tagger, settings: Settings) -> bool:
     """Rebuild one stored article's text, metadata, fingerprint, tags and entities from
     its kept page and feed bodies, without fetching.  False when nothing was kept."""
-    from .models import Article, RawDocument
-
     a = session.get(Article, article_id)
     if a is None or (a.raw_page_id is None and a.raw_feed_id is None):
         return False
@@ -344,18 +343,15 @@ def reextract_article(session: Session, article_id: int, tagger: Tagger, setting
         page = parse_page(Page(doc.url, result))
     else:
         page = Page(a.url, error=PermanentFetchError(a.url, a.fetch_error or "the page body was not kept"))
-    draft = make_article(entry, a.canonical_url, page, settings)
-    draft.raw_feed_id = a.raw_feed_id
+    draft = make_article(entry, a.canonical_url, page, settings, raw_feed_id=a.raw_feed_id)
     tags = tagger.tag(draft.title, draft.text, draft.language)
     store.update_article(session, a, draft, tags, extract_entities(draft.title, draft.text, draft.language),
                          tagger.version)
     return True
 
 
-def _kept_entry(session: Session, article: Any, settings: Settings) -> Optional[ParsedEntry]:
+def _kept_entry(session: Session, article: Article, settings: Settings) -> Optional[ParsedEntry]:
     """The article's entry, parsed again from the kept feed body."""
-    from .models import RawDocument
-
     doc = session.get(RawDocument, article.raw_feed_id) if article.raw_feed_id else None
     if doc is None:
         return None

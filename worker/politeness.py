@@ -400,7 +400,8 @@ class Politeness:
             yield
 
 
-def make_politeness(settings: Any, client: Any, redis_url: Optional[str]) -> Politeness:
+def make_politeness(settings: Any, client: Any, redis_url: Optional[str],
+                    max_wait: Optional[float] = None) -> Politeness:
     """The limiter on Redis when there is one (shared by every worker), else in this
     process only (the embedded default); robots.txt fetched through *client*."""
     from .robots import RobotsCache, http_fetcher
@@ -417,4 +418,4 @@ def make_politeness(settings: Any, client: Any, redis_url: Optional[str]) -> Pol
                                           max_wait=settings.polite_max_wait),
                              settings.user_agent, redis_client=rclient)
     fallback = LocalHostLimiter(**limits) if rclient else None
-    return Politeness(limiter, robots, settings.polite_max_wait, fallback=fallback)
+    return Politeness(limiter, robots, settings.polite_max_wait if max_wait is None else max_wait, fallback=fallback)

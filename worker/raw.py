@@ -26,11 +26,13 @@ class RawBody:
     content_type: Optional[str] = None
 
 
-def pack(kind: str, url: str, content: bytes, content_type: Optional[str] = None) -> RawBody:
+def pack(kind: str, url: str, content: bytes, content_type: Optional[str] = None,
+         sha256: Optional[str] = None) -> RawBody:
+    """*content* compressed; *sha256* when the caller hashed it already."""
     if not hasattr(_local, "c"):
         _local.c = zstandard.ZstdCompressor(level=LEVEL)
-    return RawBody(kind, url, hashlib.sha256(content).hexdigest(), len(content), _local.c.compress(content),
-                   content_type or None)
+    return RawBody(kind, url, sha256 or hashlib.sha256(content).hexdigest(), len(content),
+                   _local.c.compress(content), content_type or None)
 
 
 def unpack(body: bytes) -> bytes:

@@ -133,8 +133,7 @@ def run_inline(feed_ids: list[int], on_event: Optional[Callable[..., None]] = No
     notify = on_event or (lambda *a, **k: None)
     with make_client(settings) as client:
         # This process only: wait for a busy host as long as it takes (no task to re-queue).
-        polite = make_politeness(settings, client, None)
-        polite.max_wait = settings.request_deadline * 10
+        polite = make_politeness(settings, client, None, max_wait=settings.request_deadline * 10)
         for fid in feed_ids:
             with session_scope() as s:
                 result = pipeline.poll_feed(s, client, fid, settings, polite)
@@ -156,9 +155,9 @@ def run_inline(feed_ids: list[int], on_event: Optional[Callable[..., None]] = No
 
 
 def _for_each_article(cond: Any, work: Callable[[Any, list[int]], int],
-                      on_progress: Optional[Callable[[int, int], None]], batch: int) -> int:
+                      on_progress: Optional[Callable[[int, int], None]], batch: int) -> tuple[int, int]:
     """Run *work(session, ids)* over the articles matching *cond*, in id order, one
-    transaction per batch; returns how many *work* reported done."""
+    transaction per batch; returns (how many *work* reported done, articles seen)."""
     import sqlalchemy as sa
 
     from .models import Article
@@ -172,7 +171,7 @@ def _for_each_article(cond: Any, work: Callable[[Any, list[int]], int],
                             .limit(batch)).scalars().all()
             done += work(s, list(ids)) if ids else 0
         if not ids:
-            return done
+            return done, seen
         seen += len(ids)
         last_id = ids[-1]
         if on_progress:
@@ -208,7 +207,7 @@ def retag(since: Optional[datetime] = None, on_progress: Optional[Callable[[int,
                                    extract_entities(title, text, language), tagger.version)
         return len(rows)
 
-    return _for_each_article(_since(since), work, on_progress, batch), tagger.version
+    return _for_each_article(_since(since), work, on_progress, batch)[0], tagger.version
 
 
 def reextract(since: Optional[datetime] = None, on_progress: Optional[Callable[[int, int], None]] = None,
@@ -220,11 +219,9 @@ def reextract(since: Optional[datetime] = None, on_progress: Optional[Callable[[
 
     settings = get_settings()
     tagger = load_tagger()
-    counted = {"total": 0}
 
     def work(s: Any, ids: list[int]) -> int:
-        counted["total"] += len(ids)
         return sum(pipeline.reextract_article(s, aid, tagger, settings) for aid in ids)
 
-    rebuilt = _for_each_article(_since(since), work, on_progress, batch)
-    return rebuilt, counted["total"] - rebuilt
+    rebuilt, seen = _for_each_article(_since(since), work, on_progress, batch)
+    return rebuilt, seen - rebuilt

@@ -25,11 +25,16 @@ if TYPE_CHECKING:
     from .tagging import TagResult
 
 
+def _dialect_insert(dialect: str, table: Any) -> Any:
+    """The dialect's INSERT, which knows ``ON CONFLICT``."""
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+
+
 @functools.lru_cache(maxsize=64)
 def _insert_stmt(dialect: str, table: sa.Table, returning: tuple[Any, ...] = ()) -> Any:
     """``INSERT … ON CONFLICT DO NOTHING`` for *table*, built once: rows come as
     parameters, so SQLAlchemy's compiled-statement cache is hit on every call."""
-    stmt = (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)).on_conflict_do_nothing()
+    stmt = _dialect_insert(dialect, table).on_conflict_do_nothing()
     return stmt.returning(*returning) if returning else stmt
 
 
@@ -155,8 +160,8 @@ def purge_expired(session: Session, raw_before: datetime, deliveries_before: dat
 def count_delivery(session: Session, attempt: str) -> int:
     """Count one more start of a task attempt; returns how many there have been."""
     conn = session.connection()
-    ins = postgresql.insert(TaskDelivery) if conn.dialect.name == "postgresql" else sqlite.insert(TaskDelivery)
-    stmt = ins.values(attempt=attempt, deliveries=1, updated_at=utcnow()).on_conflict_do_update(
+    stmt = _dialect_insert(conn.dialect.name, TaskDelivery).values(
+        attempt=attempt, deliveries=1, updated_at=utcnow()).on_conflict_do_update(
         index_elements=[TaskDelivery.attempt],
         set_={"deliveries": TaskDelivery.deliveries + 1, "updated_at": utcnow()},
     ).returning(TaskDelivery.deliveries)
@@ -300,9 +305,7 @@ def save_article(
     created = row is not None
     if created:
         article_id = row[0]
-        if draft.fingerprint is not None:
-            insert_ignore(session, StoryBand, [{"band_hash": h, "article_id": article_id}
-                                               for h in sorted(set(draft.fingerprint.bands()))])
+        _insert_bands(session, article_id, draft.fingerprint)
         if new_story:
             session.execute(sa.update(Story).where(Story.id == story).values(representative_article_id=article_id))
         else:
@@ -319,6 +322,12 @@ def save_article(
     add_urls(session, article_id, [draft.canonical_url, *draft.alias_urls], draft.url)
     link_feed(session, article_id, feed_id, draft.guid, draft.url)
     return article_id, created
+
+
+def _insert_bands(session: Session, article_id: int, fp: Optional[Fingerprint]) -> None:
+    """Index the article's LSH bands (the near-duplicate lookup in :func:`find_story`)."""
+    if fp is not None:
+        insert_ignore(session, StoryBand, [{"band_hash": h, "article_id": article_id} for h in sorted(set(fp.bands()))])
 
 
 def update_article(session: Session, article: Article, draft: ArticleDraft, tags: Sequence[TagResult],
@@ -338,9 +347,7 @@ def update_article(session: Session, article: Article, draft: ArticleDraft, tags
     article.extracted_at = utcnow()
     session.add(article)
     session.execute(sa.delete(StoryBand).where(StoryBand.article_id == article.id))
-    if draft.fingerprint is not None:
-        insert_ignore(session, StoryBand, [{"band_hash": h, "article_id": article.id}
-                                           for h in sorted(set(draft.fingerprint.bands()))])
+    _insert_bands(session, article.id, draft.fingerprint)
     replace_analysis(session, article.id, tags, entities, tagger_version)
 
 
