@@ -52,7 +52,7 @@ def main() -> None:
         for _ in range(args.rounds):
             t0 = time.perf_counter()
             with session_scope(url) as s:
-                ids = store.claim_due_feeds(s, now, now - timedelta(seconds=900), args.limit)
+                ids = [i for i, _ in store.claim_due_feeds(s, now, now - timedelta(seconds=900), args.limit)]
             timings.append((time.perf_counter() - t0) * 1000)
             claimed = len(ids)
             with session_scope(url) as s:          # release, so every round claims the same amount

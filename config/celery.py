@@ -13,6 +13,7 @@ task_default_queue = "feeds"
 task_routes = {
     "worker.tasks.dispatch_due_feeds": {"queue": "feeds"},
     "worker.tasks.poll_feed": {"queue": "feeds"},
+    "worker.tasks.poll_feeds": {"queue": "feeds"},
     "worker.tasks.process_entry": {"queue": "articles"},
     "worker.tasks.purge_expired": {"queue": "feeds"},
 }

@@ -35,6 +35,15 @@ def pg_url():
 
 
 @pytest.fixture
+def own_db():
+    """A PostgreSQL database of its own: `fetch --all` and beat see only this test's feeds."""
+    admin = ensure_postgres()
+    url = create_database(admin)
+    yield url
+    drop_database(admin, url)
+
+
+@pytest.fixture
 def devserver():
     with DevServer() as server:
         yield server

@@ -5,11 +5,12 @@ from newsworker's settings."""
 
 from __future__ import annotations
 
+import logging
 import runpy
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import after_setup_logger, worker_init
 
 from .settings import get_settings
 
@@ -55,6 +56,14 @@ class _Config:
 app = Celery("newsworker", include=["worker.tasks"])
 app.config_from_object(_Config())
 
+
+
+@after_setup_logger.connect
+def _quiet_libraries(**_: Any) -> None:
+    # httpx logs every request at INFO: thousands of lines a minute at scale.  newsworker
+    # logs what an operator needs (failed polls, dead letters) itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 @worker_init.connect

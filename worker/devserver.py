@@ -133,8 +133,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self, head: bool) -> None:
         dev = self.server.dev
-        arrived = time.monotonic()
         path, _, query = self.path.partition("?")  # not urlsplit: "//x" is a path here, not a host
+        dev._begin(_norm(path))
+        try:
+            self._answer(dev, path, query, head)
+        finally:
+            dev._end(_norm(path))
+
+    def _answer(self, dev: DevServer, path: str, query: str, head: bool) -> None:
+        arrived = time.monotonic()
         route = dev.lookup(path)
         headers: dict[str, str] = {}
         if route is None:
@@ -204,6 +211,8 @@ class DevServer:
         self._routes: dict[str, Route] = {}
         self._dirs: list[tuple[str, Path]] = []
         self._requests: list[RequestRecord] = []
+        self._in_flight: dict[str, int] = {}        # path -> requests being answered now ("" = any)
+        self._max_in_flight: dict[str, int] = {}
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._httpd = _HTTPServer((host, port), _Handler, bind_and_activate=True)
@@ -298,6 +307,27 @@ class DevServer:
         return None
 
     # -- request log
+    def _begin(self, path: str) -> None:
+        with self._lock:
+            for key in ("", path):
+                self._in_flight[key] = self._in_flight.get(key, 0) + 1
+                self._max_in_flight[key] = max(self._max_in_flight.get(key, 0), self._in_flight[key])
+
+    def _end(self, path: str) -> None:
+        with self._lock:
+            for key in ("", path):
+                self._in_flight[key] -= 1
+
+    def in_flight(self, path: str | None = None) -> int:
+        """Requests (to *path*, or to any path) being answered right now."""
+        with self._lock:
+            return self._in_flight.get(_norm(path) if path else "", 0)
+
+    def max_in_flight(self, path: str | None = None) -> int:
+        """The most requests (to *path*, or to any path) this server was answering at once."""
+        with self._lock:
+            return self._max_in_flight.get(_norm(path) if path else "", 0)
+
     def _record(self, record: RequestRecord) -> None:
         with self._lock:
             self._requests.append(record)
@@ -315,6 +345,7 @@ class DevServer:
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._max_in_flight = dict(self._in_flight)
 
 
 def _norm(path: str) -> str:

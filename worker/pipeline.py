@@ -9,10 +9,13 @@ Each takes its HTTP client and database session as arguments; Celery tasks and t
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
-from contextlib import nullcontext
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from datetime import datetime
+from typing import Any, Iterator, Optional
 
 import httpx
 from sqlmodel import Session
@@ -24,7 +27,7 @@ from .errors import BlockedURL, FeedParseError, FetchError, PermanentFetchError,
 from .extract import Extracted, clean_text, detect_language, extract_page, html_to_text, parse_html
 from .feeds import ParsedEntry, parse_feed
 from .models import Article, Feed, RawDocument, utcnow
-from .politeness import HostBusy, Politeness
+from .politeness import HostBusy, HostLimiter, Lease, Politeness, Wait
 from .schedule import NOT_MODIFIED, OK, PERMANENT, TEMPORARY, PollOutcome, next_state
 from .settings import Settings
 from .tagging import Tagger, load_tagger
@@ -33,6 +36,7 @@ from .urls import canonicalise
 FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/feed+json, application/xml;q=0.9, text/xml;q=0.8, */*;q=0.5"
 PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.5"
 _HTML_TYPES = ("html", "xml", "text/plain")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +69,16 @@ def warm_up() -> None:
 
 # ---------------------------------------------------------------- feeds
 
+@dataclass
+class FeedFetch:
+    """The network half of a poll: the feed's response, or the fetch error that ended it."""
+
+    started: datetime
+    duration_ms: int
+    response: Optional[http.FetchResult] = None
+    error: Optional[FetchError] = None
+
+
 def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Settings,
               polite: Optional[Politeness] = None) -> PollResult:
     """Poll one feed and record the outcome (fetch event, feed state, claim released).
@@ -72,17 +86,140 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
     ``FetchError``: failures are outcomes, except ``HostBusy`` (*polite* says the host
     must wait), which is raised so the caller can poll later."""
     feed = store.get_feed(session, feed_id)
+    return record_fetch(session, client, feed, fetch_feed(client, feed, settings, polite), settings)
+
+
+@dataclass
+class BatchPoll:
+    """What :func:`poll_feeds` did: the polls recorded, the feeds whose host was busy (not
+    polled, still claimed), and the fetches still running when the batch stopped waiting."""
+
+    results: list[PollResult] = field(default_factory=list)
+    busy: list[tuple[int, HostBusy]] = field(default_factory=list)
+    late: dict[Future, int] = field(default_factory=dict)
+
+
+def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], settings: Settings,
+               polite: Optional[Politeness], pool: Executor, *, patience: float = 3.0) -> BatchPoll:
+    """Poll a batch of feeds: fetched on *pool*'s threads, each result recorded in
+    *session* as soon as it arrives (one transaction for the batch; a feed whose body
+    must be parsed gets a savepoint, so a failure there loses only that feed's poll).
+
+    A slow host must not hold the batch: once half the feeds are in, the rest get
+    *patience* times as long again; fetches still running then are returned in ``late``
+    (their feeds stay claimed) for the caller to record when they finish, see
+    :func:`record_late`."""
+    feeds = store.get_feeds(session, feed_ids)
+    batch = BatchPoll()
+    writes = PollWrites()
+    started = time.monotonic()
+    # One round trip for every host's slot; a busy host is not waited for (that would hold
+    # the whole batch): its feed is deferred.
+    grants, limiter = polite.acquire_many([f.url for f in feeds]) if polite else ([None] * len(feeds), None)
+    futures: dict[Future, Feed] = {}
+    for feed, grant in zip(feeds, grants):
+        if isinstance(grant, Wait):
+            batch.busy.append((feed.id, HostBusy(feed.url, grant, 0.0)))
+        else:
+            futures[pool.submit(fetch_feed, client, feed, settings, None, None, grant, limiter)] = feed
+    pending = set(futures)
+    deadline: Optional[float] = None
+    try:
+        while pending:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            if not done:
+                break
+            for future in done:
+                _record_in_batch(session, client, futures[future], future, settings, batch, writes)
+            if deadline is None and len(pending) <= len(futures) // 2:
+                deadline = time.monotonic() + patience * (time.monotonic() - started)
+    except BaseException:           # the task's time limit, or the database went away
+        for future in futures:
+            future.cancel()
+        raise
+    store.write_polls(session, writes.feeds, writes.events)
+    batch.late = {future: futures[future].id for future in pending}
+    return batch
+
+
+def _record_in_batch(session: Session, client: httpx.Client, feed: Feed, future: Future, settings: Settings,
+                     batch: BatchPoll, writes: PollWrites) -> None:
+    try:
+        fetched = future.result()
+    except HostBusy as exc:
+        batch.busy.append((feed.id, exc))
+        return
+    if fetched.response is None or fetched.response.not_modified:
+        batch.results.append(record_fetch(session, client, feed, fetched, settings, writes))
+        return
+    if session.get_bind().dialect.name == "sqlite":     # pysqlite's savepoints are unreliable: no isolation
+        batch.results.append(record_fetch(session, client, feed, fetched, settings, writes))
+        return
+    try:
+        with session.begin_nested():
+            batch.results.append(record_fetch(session, client, feed, fetched, settings, writes))
+    except Exception:       # a bug, not the feed's fault: its claim expires, it is polled again
+        log.exception("feed %s (%s): recording the poll failed; the feed stays claimed until "
+                      "NEWSWORKER_CLAIM_TIMEOUT passes, then is polled again", feed.id, feed.url)
+
+
+def record_late(session: Session, client: httpx.Client, feed_id: int, fetched: FeedFetch,
+                settings: Settings) -> PollResult:
+    """Record a fetch that finished after its batch was committed (its own transaction)."""
+    return record_fetch(session, client, store.get_feed(session, feed_id), fetched, settings)
+
+
+def fetch_feed(client: httpx.Client, feed: Feed, settings: Settings, polite: Optional[Politeness] = None,
+               max_wait: Optional[float] = None, lease: Optional[Lease] = None,
+               limiter: Optional[HostLimiter] = None) -> FeedFetch:
+    """GET the feed conditionally, within its host's politeness limit (waiting at most
+    *max_wait* for it, or holding *lease* from *limiter*, released here); touches no
+    database (safe on any thread).  Raises only ``HostBusy``."""
     started = utcnow()
     t0 = time.perf_counter()
-    new: list[ParsedEntry] = []
-    raw_feed_id: Optional[int] = None
+    if lease is not None and limiter is not None:
+        gate: Any = _held(limiter, lease, feed.url)
+    else:
+        gate = polite.gate(feed.url, max_wait=max_wait) if polite else nullcontext()
     try:
-        with polite.gate(feed.url) if polite else nullcontext():
-            result = http.get(
+        with gate:
+            response = http.get(
                 client, feed.url, etag=feed.etag, last_modified=feed.last_modified, max_bytes=settings.max_feed_bytes,
                 allowed_private_hosts=settings.allowed_private_hosts, accept=FEED_ACCEPT,
                 deadline=settings.request_deadline,
             )
+        return FeedFetch(started, int((time.perf_counter() - t0) * 1000), response=response)
+    except HostBusy:
+        raise
+    except FetchError as exc:
+        return FeedFetch(started, int((time.perf_counter() - t0) * 1000), error=exc)
+
+
+@contextmanager
+def _held(limiter: HostLimiter, lease: Lease, url: str) -> Iterator[None]:
+    error: Optional[BaseException] = None
+    try:
+        yield
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        limiter.finish(lease, url, error)
+
+
+def record_fetch(session: Session, client: httpx.Client, feed: Feed, fetched: FeedFetch, settings: Settings,
+                 writes: Optional[PollWrites] = None) -> PollResult:
+    """The storing half of a poll: skip an unchanged body, else parse it and find the
+    new entries (keeping the bytes they come from), then record the outcome (now, or in
+    *writes* with the rest of a batch)."""
+    new: list[ParsedEntry] = []
+    raw_feed_id: Optional[int] = None
+    try:
+        if fetched.error is not None:
+            raise fetched.error
+        result = fetched.response
+        assert result is not None
         body_sha = hashlib.sha256(result.content).hexdigest() if not result.not_modified else None
         if result.not_modified or body_sha == feed.body_sha256:
             # 304, or a server that ignores conditional GETs sent the same bytes: nothing to parse.
@@ -109,13 +246,11 @@ def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Se
             feed.site_url = parsed.site_url or feed.site_url
             feed.body_sha256 = body_sha
         _note_move(session, feed, result.moved_permanently_to, settings)
-    except HostBusy:
-        raise
     except TemporaryFetchError as exc:
         outcome = PollOutcome(TEMPORARY, http_status=exc.status, error=str(exc), retry_after=exc.retry_after)
     except (PermanentFetchError, BlockedURL, FeedParseError) as exc:
         outcome = PollOutcome(PERMANENT, http_status=exc.status, error=str(exc))
-    record_poll(session, feed, outcome, started, int((time.perf_counter() - t0) * 1000), settings, raw_feed_id)
+    record_poll(session, feed, outcome, fetched.started, fetched.duration_ms, settings, raw_feed_id, writes)
     return PollResult(feed.id, feed.url, outcome, new, raw_feed_id)
 
 
@@ -160,37 +295,49 @@ def _new_entries(session: Session, feed_id: int, entries: list[ParsedEntry]) -> 
     return [e for u, e in by_url.items() if u not in known]
 
 
+@dataclass
+class PollWrites:
+    """Polls recorded in a batch, written together by :func:`store.write_polls`."""
+
+    feeds: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
 def record_poll(session: Session, feed: Feed, outcome: PollOutcome, started, duration_ms: Optional[int], settings: Settings,
-                raw_id: Optional[int] = None) -> None:
-    """Apply the scheduling policy to *feed* and log the poll as a fetch event."""
+                raw_id: Optional[int] = None, writes: Optional[PollWrites] = None) -> None:
+    """Apply the scheduling policy to *feed* and log the poll as a fetch event: now, or
+    added to *writes* to be written with the rest of a batch."""
     now = utcnow()
+    values = _poll_values(feed, outcome, now, settings)
+    event = dict(feed_id=feed.id, started_at=started, finished_at=now, outcome=outcome.status,
+                 http_status=outcome.http_status, items_seen=outcome.items_seen, items_new=outcome.items_new,
+                 items_rejected=outcome.items_rejected, error=outcome.error, duration_ms=duration_ms, raw_id=raw_id)
+    if writes is not None:
+        writes.feeds.append({"_id": feed.id, **values})
+        writes.events.append(event)
+        return
+    for name, value in values.items():
+        setattr(feed, name, value)
+    session.add(feed)
+    store.add_fetch_event(session, **event)
+
+
+def _poll_values(feed: Feed, outcome: PollOutcome, now: datetime, settings: Settings) -> dict[str, Any]:
+    """The feed's scheduling and health columns after this poll (always the same keys)."""
     state = next_state(outcome, now=now, interval=feed.interval_seconds, error_count=feed.error_count, settings=settings,
                        fetch_interval=feed.fetch_interval, permanent_failures=feed.permanent_failures)
-    feed.next_fetch_at = state.next_fetch_at
-    feed.error_count = state.error_count
-    feed.permanent_failures = state.permanent_failures
-    feed.fetch_interval = state.fetch_interval
-    feed.enabled = state.enabled
-    if state.disabled_reason:
-        feed.disabled_reason = state.disabled_reason
-    feed.last_fetch_at = now
-    feed.last_status = outcome.status
-    feed.last_http_status = outcome.http_status
-    feed.queued_at = None
-    if outcome.hint_seconds is not None:
-        feed.hint_interval = outcome.hint_seconds
-    if outcome.status in (OK, NOT_MODIFIED):
-        feed.last_success_at = now
-        feed.last_error = outcome.error
-        feed.etag, feed.last_modified = outcome.etag, outcome.last_modified
-    else:
-        feed.last_error = outcome.error
-    session.add(feed)
-    store.add_fetch_event(
-        session, feed_id=feed.id, started_at=started, finished_at=now, outcome=outcome.status,
-        http_status=outcome.http_status, items_seen=outcome.items_seen, items_new=outcome.items_new,
-        items_rejected=outcome.items_rejected, error=outcome.error, duration_ms=duration_ms, raw_id=raw_id,
-    )
+    ok = outcome.status in (OK, NOT_MODIFIED)
+    return {
+        "next_fetch_at": state.next_fetch_at, "error_count": state.error_count,
+        "permanent_failures": state.permanent_failures, "fetch_interval": state.fetch_interval,
+        "enabled": state.enabled, "disabled_reason": state.disabled_reason or feed.disabled_reason,
+        "last_fetch_at": now, "last_status": outcome.status, "last_http_status": outcome.http_status,
+        "queued_at": None, "last_error": outcome.error,
+        "hint_interval": outcome.hint_seconds if outcome.hint_seconds is not None else feed.hint_interval,
+        "last_success_at": now if ok else feed.last_success_at,
+        "etag": outcome.etag if ok else feed.etag,
+        "last_modified": outcome.last_modified if ok else feed.last_modified,
+    }
 
 
 # ---------------------------------------------------------------- entries

@@ -22,8 +22,9 @@ import threading
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
+from itertools import zip_longest
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Any, Iterable, Iterator, Literal, Optional, Union
 from urllib.parse import urlsplit
 
 import redis
@@ -61,6 +62,20 @@ def host_key(url_or_host: str) -> str:
     return f"{host}:{port}"
 
 
+def interleave_hosts(items: Iterable[tuple[int, str]]) -> list[int]:
+    """The ids of ``(id, url)`` pairs reordered round-robin across hosts (one of each host,
+    then the second of each, ...), keeping each host's own order: queued in this order,
+    polls of one host are spread out instead of arriving together."""
+    by_host: dict[str, list[int]] = {}
+    for item_id, url in items:
+        try:
+            key = host_key(url)
+        except ValueError:
+            key = ""
+        by_host.setdefault(key, []).append(item_id)
+    return [i for round_ in zip_longest(*by_host.values()) for i in round_ if i is not None]
+
+
 @dataclass(frozen=True)
 class Lease:
     """A held slot.  Times are the limiter's clock (Redis server time, or time.monotonic()
@@ -70,6 +85,7 @@ class Lease:
     token: str
     started_at: float
     expires_at: float
+    delay: float = 0.0      # the host's next request waits this long after this one ends
 
 
 @dataclass(frozen=True)
@@ -144,6 +160,17 @@ class HostLimiter:
         """Give the slot back.  False if it had expired already (held past its lease)."""
         raise NotImplementedError
 
+    def try_acquire_many(self, urls: list[str]) -> list[Union[Lease, Wait]]:
+        """:meth:`try_acquire` for each URL, in order (Redis: one round trip for all)."""
+        return [self.try_acquire(url) for url in urls]
+
+    def finish(self, lease: Lease, url: str, error: Optional[BaseException]) -> None:
+        """Release *lease* after a request to *url*; a 429 (or 503 with Retry-After) in
+        *error* penalises the host first, as :meth:`slot` does."""
+        if error is not None:
+            self.penalise_for(url, error)
+        self.release(lease)
+
     def penalise(self, url_or_host: str, seconds: float) -> float:
         """No request to the host starts for *seconds* (capped at ``max_penalty``), on
         any worker.  Never shortens a longer penalty.  Returns the seconds in force."""
@@ -187,12 +214,13 @@ class HostLimiter:
         try:
             yield got
         except BaseException as exc:
-            self._penalise_for(url_or_host, exc)
+            self.penalise_for(url_or_host, exc)
             raise
         finally:
             self.release(got)
 
-    def _penalise_for(self, url_or_host: str, exc: BaseException) -> None:
+    def penalise_for(self, url_or_host: str, exc: BaseException) -> None:
+        """Penalise the host if *exc* says it asked us to slow down (429; 503 with Retry-After)."""
         status = getattr(exc, "status", None)
         retry_after = getattr(exc, "retry_after", None)
         if status == 429 or (status in PENALTY_STATUSES and retry_after):
@@ -239,8 +267,22 @@ end
 return {1, now, now + lease}
 """
 
-# KEYS: leases.  ARGV: token.  Returns 1 if the lease was still held.
-_RELEASE = "return redis.call('ZREM', KEYS[1], ARGV[1])"
+# KEYS: leases, next.  ARGV: token, delay µs.  Returns 1 if the lease was still held.
+# The delay counts from the end of the request too, so a host never sees two requests
+# closer than the delay, however late the first one left the client.
+_RELEASE = _NOW + """
+local held = redis.call('ZREM', KEYS[1], ARGV[1])
+local delay = tonumber(ARGV[2])
+if delay > 0 then
+  local nxt = redis.call('HMGET', KEYS[2], 'at', 'why')
+  local at = tonumber(nxt[1] or '0')
+  if at < now + delay then
+    redis.call('HSET', KEYS[2], 'at', str(now + delay), 'why', nxt[2] == 'penalty' and at > now and 'penalty' or 'delay')
+    redis.call('PEXPIRE', KEYS[2], str(math.ceil(delay / 1000)))
+  end
+end
+return held
+"""
 
 # KEYS: next.  ARGV: penalty µs.  A longer penalty already in force is kept.
 _PENALISE = _NOW + """
@@ -277,19 +319,38 @@ class RedisHostLimiter(HostLimiter):
         host = host_key(url_or_host)
         token = uuid.uuid4().hex
         try:
-            code, *rest = self._acquire(keys=self._keys(host), args=[
-                token, self.max_concurrent, int(self._delay(min_delay) * _US), int(self.lease_seconds * _US)])
+            delay = self._delay(min_delay)
+            reply = self._acquire(keys=self._keys(host), args=[
+                token, self.max_concurrent, int(delay * _US), int(self.lease_seconds * _US)])
         except redis.RedisError as exc:
             raise PolitenessUnavailable(url_or_host, f"politeness limiter unavailable: {exc}") from None
+        return self._grant(host, token, delay, reply)
+
+    def try_acquire_many(self, urls: list[str]) -> list[Union[Lease, Wait]]:
+        hosts = [host_key(url) for url in urls]
+        tokens = [uuid.uuid4().hex for _ in urls]
+        delay = self._delay(None)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for host, token in zip(hosts, tokens):
+                self._acquire(keys=self._keys(host), args=[
+                    token, self.max_concurrent, int(delay * _US), int(self.lease_seconds * _US)], client=pipe)
+            replies = pipe.execute()
+        except redis.RedisError as exc:
+            raise PolitenessUnavailable(urls[0] if urls else "", f"politeness limiter unavailable: {exc}") from None
+        return [self._grant(host, token, delay, reply) for host, token, reply in zip(hosts, tokens, replies)]
+
+    def _grant(self, host: str, token: str, delay: float, reply: list[int]) -> Union[Lease, Wait]:
+        code, *rest = reply
         if code == 1:
-            return Lease(host, token, rest[0] / _US, rest[1] / _US)
+            return Lease(host, token, rest[0] / _US, rest[1] / _US, delay)
         if code == 4:
             return Wait(host, self.busy_poll, "busy")
         return Wait(host, rest[0] / _US, "penalty" if code == 3 else "delay")
 
     def release(self, lease: Lease) -> bool:
         try:
-            return bool(self._release(keys=self._keys(lease.host)[:1], args=[lease.token]))
+            return bool(self._release(keys=self._keys(lease.host), args=[lease.token, int(lease.delay * _US)]))
         except redis.RedisError as exc:     # the lease expires by itself
             log.warning("could not release the slot for %s (freed in %.0f s at most): %s",
                         lease.host, self.lease_seconds, exc)
@@ -338,14 +399,21 @@ class LocalHostLimiter(HostLimiter):
             if len(state.leases) >= self.max_concurrent:
                 return Wait(host, self.busy_poll, "busy")
             token = uuid.uuid4().hex
+            delay = self._delay(min_delay)
             state.leases[token] = now + self.lease_seconds
-            state.next_at, state.why = now + self._delay(min_delay), "delay"
-            return Lease(host, token, now, now + self.lease_seconds)
+            state.next_at, state.why = now + delay, "delay"
+            return Lease(host, token, now, now + self.lease_seconds, delay)
 
     def release(self, lease: Lease) -> bool:
         with self._cond:
             state = self._hosts.get(lease.host)
             held = state is not None and state.leases.pop(lease.token, None) is not None
+            now = time.monotonic()
+            if state is not None and state.next_at < now + lease.delay:
+                # the delay counts from the end of the request too (see _RELEASE)
+                if not (state.why == "penalty" and state.next_at > now):
+                    state.why = "delay"
+                state.next_at = now + lease.delay
             self._cond.notify_all()     # a waiter on a busy host need not sleep out its poll
             return held
 
@@ -379,8 +447,9 @@ class Politeness:
     fallback: Optional[HostLimiter] = None   # used while the shared limiter is unreachable
 
     @contextmanager
-    def gate(self, url: str, *, page: bool = False) -> Iterator[None]:
-        """Hold a slot of *url*'s host for the body of the ``with``.  For article pages
+    def gate(self, url: str, *, page: bool = False, max_wait: Optional[float] = None) -> Iterator[None]:
+        """Hold a slot of *url*'s host for the body of the ``with``, waiting at most
+        *max_wait* (default: ``self.max_wait``) for it.  For article pages
         (*page*), robots.txt is checked first (``RobotsDisallowed``) and its Crawl-delay
         honoured.  While Redis is unreachable the limits hold per process (*fallback*):
         the tasks in flight finish instead of failing their feeds."""
@@ -389,15 +458,29 @@ class Politeness:
             self.robots.check(url)
             asked = self.robots.crawl_delay(url)
             delay = min(asked, self.max_crawl_delay) if asked else None
+        wait = self.max_wait if max_wait is None else max_wait
         with ExitStack() as stack:
             try:
-                stack.enter_context(self.limiter.slot(url, max_wait=self.max_wait, min_delay=delay))
+                stack.enter_context(self.limiter.slot(url, max_wait=wait, min_delay=delay))
             except PolitenessUnavailable as exc:
                 if self.fallback is None:
                     raise
                 log.warning("%s; limiting %s in this process until it is back", exc.reason, host_key(url))
-                stack.enter_context(self.fallback.slot(url, max_wait=self.max_wait, min_delay=delay))
+                stack.enter_context(self.fallback.slot(url, max_wait=wait, min_delay=delay))
             yield
+
+
+    def acquire_many(self, urls: list[str]) -> tuple[list[Union[Lease, Wait]], HostLimiter]:
+        """Ask for a slot for each URL at once, without waiting (feed polls: no robots.txt).
+        Returns the grants and the limiter that gave them: release each lease there
+        (:meth:`HostLimiter.finish`) when its request is done."""
+        try:
+            return self.limiter.try_acquire_many(urls), self.limiter
+        except PolitenessUnavailable as exc:
+            if self.fallback is None:
+                raise
+            log.warning("%s; limiting in this process until it is back", exc.reason)
+            return self.fallback.try_acquire_many(urls), self.fallback
 
 
 def make_politeness(settings: Any, client: Any, redis_url: Optional[str],

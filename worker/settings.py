@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     redirect_confirmations: int = 3      # polls that must see the same permanent redirect before the URL changes
     claim_timeout: int = 900             # a queued poll older than this is re-dispatched
     dispatch_interval: float = 60.0      # beat sends the dispatcher this often (seconds)
+    dispatch_max: int = 20_000           # polls one dispatcher run queues at most
+    poll_batch: int = 25                 # feeds per poll task the dispatcher sends
+    poll_threads: int = 16               # feed fetches in flight at once, per worker process
 
     # Redis broker: an unacknowledged message is redelivered after this long (seconds);
     # above the longest task limit plus the longest retry countdown.

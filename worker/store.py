@@ -58,6 +58,11 @@ def get_feed(session: Session, id_or_url: int | str) -> Feed:
     return feed
 
 
+def get_feeds(session: Session, ids: list[int]) -> list[Feed]:
+    """The feeds with these ids, in one query (ids with no feed are left out)."""
+    return list(session.exec(select(Feed).where(Feed.id.in_(ids)).order_by(Feed.id)).all())
+
+
 def add_feed(
     session: Session, url: str, *, name: Optional[str] = None, interval: Optional[int] = None,
     group: Optional[str] = None, title: Optional[str] = None, site_url: Optional[str] = None,
@@ -87,8 +92,8 @@ def enable_feed(session: Session, id_or_url: int | str) -> Feed:
     return feed
 
 
-def claim_due_feeds(session: Session, now: datetime, stale_before: datetime, limit: int) -> list[int]:
-    """Mark up to *limit* due feeds as queued and return their ids.  A feed queued
+def claim_due_feeds(session: Session, now: datetime, stale_before: datetime, limit: int) -> list[tuple[int, str]]:
+    """Mark up to *limit* due feeds as queued and return their ids and URLs.  A feed queued
     after *stale_before* is never claimed again, so no feed is queued twice; one
     statement, so SQLite's single writer is enough, and PostgreSQL skips rows
     another dispatcher holds."""
@@ -101,8 +106,9 @@ def claim_due_feeds(session: Session, now: datetime, stale_before: datetime, lim
     )
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
-    stmt = sa.update(Feed).where(Feed.id.in_(due.scalar_subquery())).values(queued_at=now).returning(Feed.id)
-    return sorted(session.execute(stmt).scalars().all())
+    stmt = (sa.update(Feed).where(Feed.id.in_(due.scalar_subquery())).values(queued_at=now)
+            .returning(Feed.id, Feed.url))
+    return sorted((feed_id, url) for feed_id, url in session.execute(stmt).all())
 
 
 def claim_feed(session: Session, feed_id: int, now: datetime, stale_before: datetime) -> bool:
@@ -129,6 +135,19 @@ def release_feed(session: Session, feed_id: int) -> None:
 
 def add_fetch_event(session: Session, **values: Any) -> None:
     session.add(FetchEvent(**values))
+
+
+def write_polls(session: Session, feeds: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    """Many polls at once: the feeds' new columns (dicts with the same keys, the feed id
+    as ``_id``) in one UPDATE run for every feed, their fetch events in one INSERT."""
+    conn = session.connection()
+    if feeds:
+        table = Feed.__table__
+        stmt = table.update().where(table.c.id == sa.bindparam("_id")).values(
+            {name: sa.bindparam(name) for name in feeds[0] if name != "_id"})
+        conn.execute(stmt, feeds)
+    if events:
+        conn.execute(FetchEvent.__table__.insert(), events)
 
 
 # ---------------------------------------------------------------- raw bodies, dead letters

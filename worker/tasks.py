@@ -3,13 +3,18 @@ and send follow-up tasks only after the commit."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import threading
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Any, Optional
 
 import httpx
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from kombu.exceptions import OperationalError as BrokerUnavailable
@@ -21,7 +26,7 @@ from .db import session_scope
 from .errors import FeedNotFound, TemporaryFetchError
 from .feeds import ParsedEntry
 from .http import make_client
-from .politeness import HostBusy, Politeness, make_politeness
+from .politeness import HostBusy, Politeness, interleave_hosts, make_politeness
 from .models import utcnow
 from .settings import get_settings
 from .tagging import load_tagger
@@ -68,27 +73,51 @@ class GuardedTask(app.Task):
 
 _client: Optional[tuple[int, httpx.Client]] = None
 _polite: Optional[tuple[int, Politeness]] = None
+_pool: Optional[tuple[int, ThreadPoolExecutor]] = None
+_lock = threading.Lock()
+
+
+def _new_lock() -> None:
+    global _lock
+    _lock = threading.Lock()      # a forked child must not inherit a lock held at the fork
+
+
+os.register_at_fork(after_in_child=_new_lock)
 PAGE_TRIES = 3          # temporary page errors are retried this often before the feed's text is used
 MAX_DEFERS = 50         # a task put off this often for a busy host gives up (the feed's next poll finds it)
 
 
 def http_client() -> httpx.Client:
-    """One pooled client per worker process (never shared across a fork)."""
+    """One pooled client per worker process (never shared across a fork; shared by the
+    threads of a poll batch)."""
     global _client
-    if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), make_client())
-    return _client[1]
+    with _lock:
+        if _client is None or _client[0] != os.getpid():
+            _client = (os.getpid(), make_client())
+        return _client[1]
+
+
+def poll_pool() -> ThreadPoolExecutor:
+    """The threads that fetch the feeds of a poll batch, one pool per worker process."""
+    global _pool
+    with _lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(max_workers=get_settings().poll_threads,
+                                                     thread_name_prefix="poll"))
+        return _pool[1]
 
 
 def politeness() -> Politeness:
     """The per-host limiter (on Redis when the broker is Redis: shared by every worker)
     and robots.txt cache of this worker process."""
     global _polite
-    if _polite is None or _polite[0] != os.getpid():
-        settings = get_settings()
-        redis_url = settings.broker_url if settings.broker_url.startswith(("redis://", "rediss://")) else None
-        _polite = (os.getpid(), make_politeness(settings, http_client(), redis_url))
-    return _polite[1]
+    client = http_client()
+    with _lock:
+        if _polite is None or _polite[0] != os.getpid():
+            settings = get_settings()
+            redis_url = settings.broker_url if settings.broker_url.startswith(("redis://", "rediss://")) else None
+            _polite = (os.getpid(), make_politeness(settings, client, redis_url))
+        return _polite[1]
 
 
 def defer(task: Any, exc: HostBusy, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -108,25 +137,34 @@ def backoff(retries: int, retry_after: Optional[float] = None) -> float:
     return max(delay, retry_after or 0)
 
 
-@app.task(base=GuardedTask, soft_time_limit=30, time_limit=60)
-def dispatch_due_feeds(limit: int = 1000) -> list[int]:
-    """Claim the feeds that are due and enqueue one poll for each (beat runs this every minute)."""
+@app.task(base=GuardedTask, soft_time_limit=50, time_limit=60)
+def dispatch_due_feeds(batch: int = 1000) -> list[int]:
+    """Claim the feeds that are due, *batch* at a time in one short transaction each (up
+    to ``dispatch_max``; the rest wait for the next run), and enqueue their polls,
+    ``poll_batch`` feeds a message (beat runs this every minute).  The claimed feeds are
+    queued host by host in turn, so a batch, and batches that run side by side, hold
+    different hosts and seldom wait for a host's politeness delay."""
     settings = get_settings()
-    now = utcnow()
-    with session_scope() as session:
-        ids = store.claim_due_feeds(session, now, now - timedelta(seconds=settings.claim_timeout), limit)
-    for feed_id in ids:
-        poll_feed.delay(feed_id)
+    claimed: list[tuple[int, str]] = []
+    while len(claimed) < settings.dispatch_max:
+        now = utcnow()
+        with session_scope() as session:
+            due = store.claim_due_feeds(session, now, now - timedelta(seconds=settings.claim_timeout),
+                                        min(batch, settings.dispatch_max - len(claimed)))
+        claimed.extend(due)
+        if len(due) < batch:
+            break
+    ids = interleave_hosts(claimed)
+    for i in range(0, len(ids), settings.poll_batch):
+        poll_feeds.apply_async((ids[i:i + settings.poll_batch],), ignore_result=True)     # nobody waits for these
     return ids
 
 
 @app.task(base=GuardedTask, bind=True, soft_time_limit=90, time_limit=120, max_retries=5)
 def poll_feed(self: Any, feed_id: int, defers: int = 0) -> dict[str, Any]:
     """Poll one feed; enqueue one ``process_entry`` per new entry."""
-    settings = get_settings()
     try:
-        with session_scope() as session:
-            result = pipeline.poll_feed(session, http_client(), feed_id, settings, politeness())
+        return _poll(feed_id)
     except HostBusy as exc:      # the feed stays claimed; polled when its host is free
         return {"feed_id": feed_id, **defer(poll_feed, exc, (feed_id,), {"defers": defers})}
     except FeedNotFound as exc:
@@ -134,26 +172,101 @@ def poll_feed(self: Any, feed_id: int, defers: int = 0) -> dict[str, Any]:
     except SoftTimeLimitExceeded:
         error = f"feed {feed_id}: the poll did not finish within the task's {self.soft_time_limit} s limit"
         with session_scope() as session:
-            pipeline.record_interrupted_poll(session, feed_id, error, settings)
+            pipeline.record_interrupted_poll(session, feed_id, error, get_settings())
         log.warning("%s (will be retried with backoff)", error)
         return {"feed_id": feed_id, "status": "temporary", "error": error, "entry_tasks": []}
     except OperationalError as exc:      # database unreachable: try again later
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
+
+
+@app.task(base=GuardedTask, bind=True, soft_time_limit=240, time_limit=300, max_retries=5)
+def poll_feeds(self: Any, feed_ids: list[int], defers: int = 0) -> dict[str, int]:
+    """Poll a batch of feeds the dispatcher claimed: fetched ``poll_threads`` at a time
+    (a poll mostly waits on the network), recorded in one transaction, then their new
+    entries queued.  One message and one commit per batch instead of per feed keeps the
+    broker's, Celery's and the database's share of an unchanged feed's poll small.  The
+    feeds whose host was busy are deferred, one batch per host, until it is free."""
+    settings = get_settings()
     try:
-        task_ids = [process_entry.delay(feed_id, e.to_dict(), result.raw_feed_id).id for e in result.new_entries]
-    except BrokerUnavailable:
-        # The poll is committed but its new entries are not all queued: make the feed due
-        # again, without validators, so it is polled in full once the broker is back.
         with session_scope() as session:
-            store.reopen_feed(session, feed_id, utcnow())
-        log.error("feed %s: the broker went away while queuing %d new entries; the feed is due again and will "
-                  "be polled in full when the broker is back", feed_id, len(result.new_entries))
+            batch = pipeline.poll_feeds(session, http_client(), feed_ids, settings, politeness(), poll_pool())
+    except SoftTimeLimitExceeded:
+        with session_scope() as session:       # nothing of the batch was committed: all due again
+            for feed_id in feed_ids:
+                store.release_feed(session, feed_id)
+        log.warning("a poll batch of %d feeds did not finish within its %s s limit; nothing of it was recorded and "
+                    "its feeds are released for the next dispatch: %s", len(feed_ids), self.soft_time_limit, feed_ids)
+        return {"released": len(feed_ids)}
+    except OperationalError as exc:      # database unreachable: the whole batch again later
+        raise self.retry(exc=exc, countdown=backoff(self.request.retries))
+    for future, feed_id in batch.late.items():      # finish on the pool's threads, after this commit
+        future.add_done_callback(functools.partial(_record_late, feed_id))
+    by_host: dict[str, list[tuple[int, HostBusy]]] = {}
+    for feed_id, exc in batch.busy:     # still claimed; polled once their host is free
+        by_host.setdefault(exc.host, []).append((feed_id, exc))
+    for waiting in by_host.values():
+        defer(poll_feeds, waiting[0][1], ([feed_id for feed_id, _ in waiting],), {"defers": defers})
+    statuses = Counter(summary["status"] for summary in _queue_entries(batch.results, track=False))
+    statuses["deferred"] += len(batch.busy)
+    statuses["late"] += len(batch.late)
+    return dict(statuses)
+
+
+def _record_late(feed_id: int, future: Future) -> None:
+    """A fetch its batch stopped waiting for: record it in its own transaction.  If this
+    process dies first, the feed's claim expires and it is polled again."""
+    try:
+        fetched = future.result()
+    except HostBusy as exc:
+        defer(poll_feed, exc, (feed_id,), {"defers": 0})
+        return
+    except BaseException:       # cancelled (time limit) or a bug: the claim expires, the feed is polled again
+        log.exception("feed %s: a late poll did not finish; polled again after NEWSWORKER_CLAIM_TIMEOUT", feed_id)
+        return
+    try:
+        with session_scope() as session:
+            result = pipeline.record_late(session, http_client(), feed_id, fetched, get_settings())
+        _queue_entries([result], track=False)
+    except Exception:
+        log.exception("feed %s: recording a late poll failed; polled again after NEWSWORKER_CLAIM_TIMEOUT", feed_id)
+
+
+def _poll(feed_id: int) -> dict[str, Any]:
+    with session_scope() as session:
+        result = pipeline.poll_feed(session, http_client(), feed_id, get_settings(), politeness())
+    return _queue_entries([result])[0]
+
+
+def _queue_entries(results: list[pipeline.PollResult], *, track: bool = True) -> list[dict[str, Any]]:
+    """After the polls' commit: queue one ``process_entry`` per new entry, all in one
+    round trip to the broker (with *track*, their results are kept for ``fetch
+    --wait``), and log each failed poll in one line an operator can act on."""
+    summaries = []
+    try:
+        with app.producer_or_acquire() as producer, producer.batch():
+            for result in results:
+                task_ids = [process_entry.apply_async(
+                    (result.feed_id, e.to_dict(), result.raw_feed_id), producer=producer, ignore_result=not track,
+                    argsrepr=f"({result.feed_id}, {e.link!r})", kwargsrepr="{}").id for e in result.new_entries]
+                summaries.append(_summary(result, task_ids))
+    except (BrokerUnavailable, redis.RedisError, OSError):
+        # The polls are committed but their new entries are not all queued: make those
+        # feeds due again, without validators, so they are polled in full once the broker is back.
+        unqueued = [r for r in results if r.new_entries]
+        with session_scope() as session:
+            for result in unqueued:
+                store.reopen_feed(session, result.feed_id, utcnow())
+        log.error("the broker went away while queuing the new entries of feeds %s; they are due again and will "
+                  "be polled in full when the broker is back", [r.feed_id for r in unqueued])
         raise
+    return summaries
+
+
+def _summary(result: pipeline.PollResult, task_ids: list[str]) -> dict[str, Any]:
     o = result.outcome
     if o.error:
-        # One line an operator can act on: which feed, what happened, what newsworker will do.
-        log.warning("feed %s %s: %s", feed_id, o.status, o.error)
-    return {"feed_id": feed_id, "feed_url": result.feed_url, "status": o.status, "http_status": o.http_status,
+        log.warning("feed %s %s: %s", result.feed_id, o.status, o.error)
+    return {"feed_id": result.feed_id, "feed_url": result.feed_url, "status": o.status, "http_status": o.http_status,
             "items_seen": o.items_seen, "items_new": o.items_new, "error": o.error, "entry_tasks": task_ids}
 
 
