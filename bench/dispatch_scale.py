@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -31,6 +32,7 @@ def main() -> None:
     from worker.db import get_engine, session_scope
     from worker.migrate import upgrade
     from worker.models import Feed, utcnow
+    from common import machine_reference
 
     admin = ensure_postgres()
     url = create_database(admin)
@@ -64,6 +66,7 @@ def main() -> None:
                 "ORDER BY next_fetch_at LIMIT 1000 FOR UPDATE SKIP LOCKED")).scalars().all()
         engine.dispose()
         timings.sort()
+        print(machine_reference())
         print(f"feeds stored: {args.feeds}; due and claimed per round: {claimed}")
         print(f"claim (select + mark, one transaction): median {statistics.median(timings):.1f} ms, "
               f"p95 {timings[int(0.95 * (len(timings) - 1))]:.1f} ms, max {timings[-1]:.1f} ms "

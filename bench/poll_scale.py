@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import fakehosts  # noqa: E402
+from common import machine_reference  # noqa: E402
 
 
 def start_hosts(hosts: int, feeds: int) -> tuple[subprocess.Popen, int, list[int]]:
@@ -148,7 +149,8 @@ def main() -> None:
     busiest = max(stats.values(), key=lambda s: s["requests"])
     span = max((s["last"] - s["first"]) for s in stats.values() if s["requests"] > 1)
     gaps = [s["min_gap"] for s in stats.values() if s["min_gap"] is not None]
-    print(f"feeds: {args.feeds} on {len(ports)} hosts, {args.concurrency} worker processes; dispatched {len(dispatched)} in {t_dispatch:.1f} s; "
+    print(machine_reference())
+    print(f"feeds: {args.feeds} on {len(ports)} hosts, {args.concurrency} worker processes; dispatched {dispatched} in {t_dispatch:.1f} s; "
           f"polled {polled} in {cycle:.1f} s")
     print(f"outcomes: " + ", ".join(f"{k}: {n}" for k, n in sorted(outcomes.items())))
     print(f"throughput: {polled / cycle:.0f} feeds/s, {unchanged / cycle:.0f} unchanged feeds/s (target >= 300)")

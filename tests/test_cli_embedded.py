@@ -69,6 +69,8 @@ def test_failures_are_recorded_with_clear_errors(env, devserver):
     (("feeds", "add", "http://127.0.0.1:9/feed.xml"), "NEWSWORKER_ALLOWED_PRIVATE_HOSTS"),
     (("articles", "list", "--since", "yesterday"), "not an ISO-8601 date"),
     (("fetch",), "--feed ID_OR_URL"),
+    (("feeds", "add"), "Missing argument 'url'"),               # a usage error: click's message, no traceback
+    (("articles", "list", "--limit", "zero"), "Invalid value for '--limit'"),
 ])
 def test_expected_errors_are_one_line_without_traceback(env, args, message):
     done = cli(env, *args, check=False)
@@ -135,6 +137,13 @@ def test_entities_stored_and_queryable_then_retag_after_rules_change(env, devser
     tag = next(t for t in seed["tags"] if t["name"] == "defence")
     assert tag["details"] and tag["tagger_version"].startswith("rules-")
     assert not jsonl(cli(env, "articles", "list", "--country", "FR", "--json").stdout)
+    # The consumers' view of defence stories (docs/schema.md) carries the same evidence.
+    with sqlite3.connect(tmp_path / "newsworker.db") as db:
+        view = {row[0]: row for row in db.execute(
+            "select article_id, story_id, score, evidence, tagger_version from defence_articles_view")}
+    assert view[seed["id"]][1] == seed["story_id"] and json.loads(view[seed["id"]][3]) == tag["evidence"]
+    tagged = {a["id"] for a in jsonl(cli(env, "articles", "list", "--tag", "defence", "--limit", "1000", "--json").stdout)}
+    assert set(view) == tagged
 
     # An operator demands so much evidence that nothing passes, then re-tags.
     rules = Path(__file__).resolve().parents[1] / "config" / "tagging.yaml"

@@ -333,7 +333,7 @@ class Harness:
 
 
 _ENTRY = re.compile(r"^\[\d{4}-\d\d-\d\d ")       # a log record's first line, not a traceback's
-_IDLE = re.compile(r"dispatch_due_feeds\[[0-9a-f-]+\] (received|succeeded in [0-9.e-]+s: \[\])$"
+_IDLE = re.compile(r"dispatch_due_feeds\[[0-9a-f-]+\] (received|succeeded in [0-9.e-]+s: 0)$"
                    r"|Sending due task dispatch-due-feeds")
 
 

@@ -41,10 +41,11 @@ def test_celery_config_routes_tasks_to_separate_queues():
     conf = app.conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
     assert conf.task_routes["worker.tasks.poll_feed"]["queue"] == "feeds"
+    assert conf.task_routes["worker.tasks.poll_feeds"]["queue"] == "feeds"
     assert conf.task_routes["worker.tasks.process_entry"]["queue"] == "articles"
     import worker.tasks as tasks
 
-    for t in (tasks.dispatch_due_feeds, tasks.poll_feed, tasks.process_entry):
+    for t in (tasks.dispatch_due_feeds, tasks.poll_feed, tasks.poll_feeds, tasks.process_entry, tasks.purge_expired):
         assert t.time_limit and t.soft_time_limit and t.soft_time_limit < t.time_limit
 
 
@@ -79,9 +80,9 @@ def test_visibility_timeout_exceeds_the_longest_task_and_countdown():
     from worker import tasks
     from worker.settings import Settings
 
-    longest_task = max(t.time_limit for t in (tasks.dispatch_due_feeds, tasks.poll_feed, tasks.process_entry,
-                                              tasks.purge_expired))
-    longest_countdown = max(tasks.backoff(r) for r in range(20) for _ in range(50))
+    longest_task = max(t.time_limit for t in (tasks.dispatch_due_feeds, tasks.poll_feed, tasks.poll_feeds,
+                                              tasks.process_entry, tasks.purge_expired))
+    longest_countdown = max(max(tasks.backoff(r) for r in range(20) for _ in range(50)), tasks.MAX_DEFER_SECONDS + 1)
     assert Settings().visibility_timeout > longest_task + longest_countdown
     # and it reaches the Redis transport
     code = "from worker.celery_app import app; print(app.conf.broker_transport_options['visibility_timeout'])"

@@ -101,7 +101,7 @@ def test_beat_dispatcher_polls_due_feeds_once(devserver, service_env, worker_pro
     cli(service_env, "feeds", "add", feeds[0])
     code = ("from worker.tasks import dispatch_due_feeds as d; from celery.result import AsyncResult; "
             "a = d.delay(); b = d.delay(); ra = a.get(timeout=60); rb = b.get(timeout=60); "
-            "print(sorted([len(ra), len(rb)]))")
+            "print(sorted([ra, rb]))")
     import subprocess
     import sys
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, TextIO
 
 import typer
 from rich.console import Console
@@ -272,6 +273,71 @@ def articles_list(
     out.print(table)
 
 
+# ---------------------------------------------------------------- export
+
+EXPORT_FORMATS = ("jsonl", "csv")
+
+
+@app.command("export")
+def export(
+    fmt: Optional[str] = typer.Option(None, "--format", help="jsonl (rows as `articles list --json`) or csv."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Only articles with this tag, e.g. defence."),
+    since: Optional[str] = typer.Option(None, "--since", help="Published (or stored) at or after, ISO-8601."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write to this file (default: standard output)."),
+) -> None:
+    """Every matching article, by ascending id, for bulk consumers: streamed in batches, no limit."""
+    from .db import session_scope
+    from .store import iter_articles
+
+    # Checked here rather than by click, so a wrong or missing format is one error line like the others.
+    if not fmt:
+        raise ConfigError("say which format: --format jsonl or --format csv")
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not one of: {', '.join(EXPORT_FORMATS)}")
+    when = _parse_since(since)          # before opening --output: a bad option leaves the file alone
+    stream = _open_output(output)
+    try:
+        with session_scope() as s:
+            count = _write_export(stream, fmt, iter_articles(s, tag=tag, since=when))
+    finally:
+        if output is not None:
+            stream.close()
+    err.print(f"exported {count} articles to {output or 'standard output'}", markup=False, highlight=False,
+              soft_wrap=True)
+
+
+def _open_output(path: Optional[Path]) -> TextIO:
+    if path is None:
+        return sys.stdout
+    try:
+        return open(path, "w", encoding="utf-8", newline="")   # newline="": csv writes its own line ends
+    except OSError as exc:
+        raise ConfigError(f"--output {str(path)!r}: cannot write there ({exc.strerror})") from None
+
+
+def _write_export(stream: TextIO, fmt: str, rows: Iterable[dict[str, Any]]) -> int:
+    """Write *rows* as JSON Lines or CSV; returns how many."""
+    if fmt == "csv":
+        return _write_csv(stream, rows)
+    count = 0
+    for count, r in enumerate(rows, 1):
+        stream.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return count
+
+
+def _write_csv(stream: TextIO, rows: Iterable[dict[str, Any]]) -> int:
+    from .store import article_columns
+
+    writer = csv.DictWriter(stream, fieldnames=article_columns())
+    writer.writeheader()
+    count = 0
+    for count, r in enumerate(rows, 1):
+        # Nested values (tags, entities) as JSON text: one cell, decodable by any consumer.
+        writer.writerow({k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
+                         for k, v in r.items()})
+    return count
+
+
 # ---------------------------------------------------------------- tagging
 
 @app.command("tag")
@@ -364,17 +430,22 @@ def main() -> None:
         rv = app(standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)
     except NewsworkerError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)   # one line, however long
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # click usage errors (typer >= 0.24 raises those of its own copy of click)
+        if isinstance(exc, _click_exceptions()):
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+def _click_exceptions() -> tuple[type, ...]:
+    import click
+
+    vendored = getattr(getattr(typer.core, "_click", None), "ClickException", None)
+    return (click.ClickException,) + ((vendored,) if vendored else ())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -127,6 +127,11 @@ def reopen_feed(session: Session, feed_id: int, now: datetime) -> None:
     (its new entries could not be queued after the last one)."""
     session.execute(sa.update(Feed).where(Feed.id == feed_id)
                     .values(next_fetch_at=now, etag=None, last_modified=None, body_sha256=None, queued_at=None))
+
+
+def renew_claims(session: Session, feed_ids: list[int], now: datetime) -> None:
+    """Claims still held (a poll deferred for a busy host) count from *now* again."""
+    session.execute(sa.update(Feed).where(Feed.id.in_(feed_ids), Feed.queued_at.is_not(None)).values(queued_at=now))
 
 
 def release_feed(session: Session, feed_id: int) -> None:
@@ -416,16 +421,43 @@ def _article_filters(*, tag: Optional[str], since: Optional[datetime], country: 
     return conds
 
 
+def _articles_query(*, tag: Optional[str], since: Optional[datetime], country: Optional[str]) -> Any:
+    """Matching articles with their feed's URL, unordered: the listing and the export share it."""
+    q = select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id, isouter=True)
+    return q.where(*_article_filters(tag=tag, since=since, country=country))
+
+
 def list_articles(
     session: Session, *, tag: Optional[str] = None, since: Optional[datetime] = None, limit: int = 50,
     country: Optional[str] = None, ids: Optional[Sequence[int]] = None,
 ) -> list[dict[str, Any]]:
     """Articles newest first, each with its feed URL, tags and entities, as plain dicts."""
-    q = select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id, isouter=True)
-    q = q.where(*_article_filters(tag=tag, since=since, country=country))
+    q = _articles_query(tag=tag, since=since, country=country)
     if ids is not None:
         q = q.where(Article.id.in_(ids))
     rows = session.exec(q.order_by(Article.created_at.desc(), Article.id.desc()).limit(limit)).all()
+    return _article_dicts(session, rows)
+
+
+def iter_articles(
+    session: Session, *, tag: Optional[str] = None, since: Optional[datetime] = None,
+    country: Optional[str] = None, batch: int = 1000,
+) -> Iterator[dict[str, Any]]:
+    """Every matching article, ascending id, as :func:`list_articles` dicts.  Keyset
+    pagination (``id > last``): each page is a range scan on the primary key, however
+    deep, and only one page is held in memory."""
+    q = _articles_query(tag=tag, since=since, country=country).order_by(Article.id).limit(batch)
+    last_id = 0
+    while True:
+        rows = session.exec(q.where(Article.id > last_id)).all()
+        yield from _article_dicts(session, rows)
+        if len(rows) < batch:
+            return
+        last_id = rows[-1][0].id
+
+
+def _article_dicts(session: Session, rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """:func:`article_dict` for (article, feed URL) rows; tags and entities in one query each."""
     ids = [a.id for a, _ in rows]
     tags: dict[int, list[Tag]] = {}
     entities: dict[int, list[ArticleEntity]] = {}
@@ -451,6 +483,12 @@ def entities_by_kind(entities: Sequence[Any]) -> dict[str, list[dict[str, Any]]]
     for e in entities:
         out[plural[e.kind]].append(entity_dict(e))
     return out
+
+
+def article_columns() -> list[str]:
+    """The keys of :func:`article_dict`, in order, without a stored row (an empty CSV
+    export still gets its header)."""
+    return list(article_dict(Article(), None, []))
 
 
 def article_dict(a: Article, feed_url: Optional[str], tags: Sequence[Tag],

@@ -85,6 +85,7 @@ def _new_lock() -> None:
 os.register_at_fork(after_in_child=_new_lock)
 PAGE_TRIES = 3          # temporary page errors are retried this often before the feed's text is used
 MAX_DEFERS = 50         # a task put off this often for a busy host gives up (the feed's next poll finds it)
+MAX_DEFER_SECONDS = 600
 
 
 def http_client() -> httpx.Client:
@@ -126,7 +127,9 @@ def defer(task: Any, exc: HostBusy, args: tuple, kwargs: dict[str, Any]) -> dict
     defers = kwargs.get("defers", 0) + 1
     if defers > MAX_DEFERS:
         raise exc
-    countdown = (exc.retry_after or 1.0) + random.uniform(0, 1.0)
+    # At most 10 minutes (well inside the visibility timeout and the claim timeout): a host
+    # that asks for longer is simply asked again then.
+    countdown = min(exc.retry_after or 1.0, MAX_DEFER_SECONDS) + random.uniform(0, 1.0)
     again = task.apply_async(args=args, kwargs={**kwargs, "defers": defers}, countdown=countdown)
     return {"status": "deferred", "error": str(exc), "deferred_task": again.id, "entry_tasks": []}
 
@@ -138,12 +141,13 @@ def backoff(retries: int, retry_after: Optional[float] = None) -> float:
 
 
 @app.task(base=GuardedTask, soft_time_limit=50, time_limit=60)
-def dispatch_due_feeds(batch: int = 1000) -> list[int]:
+def dispatch_due_feeds(batch: int = 1000) -> int:
     """Claim the feeds that are due, *batch* at a time in one short transaction each (up
     to ``dispatch_max``; the rest wait for the next run), and enqueue their polls,
     ``poll_batch`` feeds a message (beat runs this every minute).  The claimed feeds are
     queued host by host in turn, so a batch, and batches that run side by side, hold
-    different hosts and seldom wait for a host's politeness delay."""
+    different hosts and seldom wait for a host's politeness delay.  Returns how many
+    feeds were queued."""
     settings = get_settings()
     claimed: list[tuple[int, str]] = []
     while len(claimed) < settings.dispatch_max:
@@ -157,7 +161,7 @@ def dispatch_due_feeds(batch: int = 1000) -> list[int]:
     ids = interleave_hosts(claimed)
     for i in range(0, len(ids), settings.poll_batch):
         poll_feeds.apply_async((ids[i:i + settings.poll_batch],), ignore_result=True)     # nobody waits for these
-    return ids
+    return len(ids)     # a count, not the ids: beat's results stay small in Redis
 
 
 @app.task(base=GuardedTask, bind=True, soft_time_limit=90, time_limit=120, max_retries=5)
@@ -166,6 +170,7 @@ def poll_feed(self: Any, feed_id: int, defers: int = 0) -> dict[str, Any]:
     try:
         return _poll(feed_id)
     except HostBusy as exc:      # the feed stays claimed; polled when its host is free
+        _keep_claims([feed_id])
         return {"feed_id": feed_id, **defer(poll_feed, exc, (feed_id,), {"defers": defers})}
     except FeedNotFound as exc:
         return {"feed_id": feed_id, "status": "missing", "error": str(exc), "entry_tasks": []}
@@ -201,6 +206,8 @@ def poll_feeds(self: Any, feed_ids: list[int], defers: int = 0) -> dict[str, int
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
     for future, feed_id in batch.late.items():      # finish on the pool's threads, after this commit
         future.add_done_callback(functools.partial(_record_late, feed_id))
+    if batch.busy:
+        _keep_claims([feed_id for feed_id, _ in batch.busy])
     by_host: dict[str, list[tuple[int, HostBusy]]] = {}
     for feed_id, exc in batch.busy:     # still claimed; polled once their host is free
         by_host.setdefault(exc.host, []).append((feed_id, exc))
@@ -210,6 +217,13 @@ def poll_feeds(self: Any, feed_ids: list[int], defers: int = 0) -> dict[str, int
     statuses["deferred"] += len(batch.busy)
     statuses["late"] += len(batch.late)
     return dict(statuses)
+
+
+def _keep_claims(feed_ids: list[int]) -> None:
+    """A deferred poll renews its feeds' claims, so the dispatcher does not queue them
+    again while the deferred message waits."""
+    with session_scope() as session:
+        store.renew_claims(session, feed_ids, utcnow())
 
 
 def _record_late(feed_id: int, future: Future) -> None:
