@@ -145,11 +145,7 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
 
 def _record_in_batch(session: Session, client: httpx.Client, feed: Feed, future: Future, settings: Settings,
                      batch: BatchPoll, writes: PollWrites) -> None:
-    try:
-        fetched = future.result()
-    except HostBusy as exc:
-        batch.busy.append((feed.id, exc))
-        return
+    fetched = future.result()       # fetch_feed raises nothing but HostBusy, and it holds its slot here
     if fetched.response is None or fetched.response.not_modified:
         batch.results.append(record_fetch(session, client, feed, fetched, settings, writes))
         return

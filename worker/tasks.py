@@ -230,10 +230,7 @@ def _record_late(feed_id: int, future: Future) -> None:
     """A fetch its batch stopped waiting for: record it in its own transaction.  If this
     process dies first, the feed's claim expires and it is polled again."""
     try:
-        fetched = future.result()
-    except HostBusy as exc:
-        defer(poll_feed, exc, (feed_id,), {"defers": 0})
-        return
+        fetched = future.result()       # (its slot was taken with the batch: never HostBusy here)
     except BaseException:       # cancelled (time limit) or a bug: the claim expires, the feed is polled again
         log.exception("feed %s: a late poll did not finish; polled again after NEWSWORKER_CLAIM_TIMEOUT", feed_id)
         return
