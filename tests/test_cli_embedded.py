@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.proc import base_env, cli, jsonl
+from tests.support.proc import ROOT, base_env, cli, jsonl
 from worker.demo import mount_site
 
 SEED_TEXT = (Path(__file__).parent / "fixtures" / "seed_story.txt")
@@ -174,3 +176,19 @@ def test_feeds_add_finds_the_feed_behind_a_web_page(env, devserver):
     out = cli(env, "feeds", "add", f"{devserver.base_url}/news/").stdout
     assert f"found feed {devserver.base_url}/news/feed.xml" in out
     assert [f["url"] for f in jsonl(cli(env, "feeds", "list", "--json").stdout)] == [f"{devserver.base_url}/news/feed.xml"]
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(env, tmp_path):
+    """`newsworker tag big.jsonl | head -1`: the closed pipe ends the command quietly
+    (click's convention: exit status 1, nothing on stderr)."""
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(json.dumps({"id": i, "title": "Defence ministers meet", "text": "The army held exercises. " * 20})
+                           + "\n" for i in range(3000)))
+    proc = subprocess.Popen([sys.executable, "-m", "worker", "tag", str(big)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()                 # the reader is gone; the writer still has pages to write
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, stderr
+    assert json.loads(first)["id"] == 0
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
