@@ -12,10 +12,10 @@ import hashlib
 import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import httpx
 from sqlmodel import Session
@@ -121,7 +121,7 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
         if isinstance(grant, Wait):
             batch.busy.append((feed.id, HostBusy(feed.url, grant, 0.0)))
         else:
-            futures[pool.submit(fetch_feed, client, feed, settings, None, None, grant, limiter)] = feed
+            futures[pool.submit(fetch_feed, client, feed, settings, None, grant, limiter)] = feed
     pending = set(futures)
     deadline: Optional[float] = None
     try:
@@ -146,10 +146,9 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
 def _record_in_batch(session: Session, client: httpx.Client, feed: Feed, future: Future, settings: Settings,
                      batch: BatchPoll, writes: PollWrites) -> None:
     fetched = future.result()       # fetch_feed raises nothing but HostBusy, and it holds its slot here
-    if fetched.response is None or fetched.response.not_modified:
-        batch.results.append(record_fetch(session, client, feed, fetched, settings, writes))
-        return
-    if session.get_bind().dialect.name == "sqlite":     # pysqlite's savepoints are unreliable: no isolation
+    # Only a body to parse needs a savepoint; pysqlite's are unreliable, so none on SQLite.
+    if (fetched.response is None or fetched.response.not_modified
+            or session.get_bind().dialect.name == "sqlite"):
         batch.results.append(record_fetch(session, client, feed, fetched, settings, writes))
         return
     try:
@@ -167,17 +166,16 @@ def record_late(session: Session, client: httpx.Client, feed_id: int, fetched: F
 
 
 def fetch_feed(client: httpx.Client, feed: Feed, settings: Settings, polite: Optional[Politeness] = None,
-               max_wait: Optional[float] = None, lease: Optional[Lease] = None,
-               limiter: Optional[HostLimiter] = None) -> FeedFetch:
-    """GET the feed conditionally, within its host's politeness limit (waiting at most
-    *max_wait* for it, or holding *lease* from *limiter*, released here); touches no
-    database (safe on any thread).  Raises only ``HostBusy``."""
+               lease: Optional[Lease] = None, limiter: Optional[HostLimiter] = None) -> FeedFetch:
+    """GET the feed conditionally, within its host's politeness limit (a slot from
+    *polite*, or *lease* from *limiter*, released here); touches no database (safe on
+    any thread).  Raises only ``HostBusy``."""
     started = utcnow()
     t0 = time.perf_counter()
     if lease is not None and limiter is not None:
-        gate: Any = _held(limiter, lease, feed.url)
+        gate: Any = limiter.held(lease, feed.url)
     else:
-        gate = polite.gate(feed.url, max_wait=max_wait) if polite else nullcontext()
+        gate = polite.gate(feed.url) if polite else nullcontext()
     try:
         with gate:
             response = http.get(
@@ -190,18 +188,6 @@ def fetch_feed(client: httpx.Client, feed: Feed, settings: Settings, polite: Opt
         raise
     except FetchError as exc:
         return FeedFetch(started, int((time.perf_counter() - t0) * 1000), error=exc)
-
-
-@contextmanager
-def _held(limiter: HostLimiter, lease: Lease, url: str) -> Iterator[None]:
-    error: Optional[BaseException] = None
-    try:
-        yield
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        limiter.finish(lease, url, error)
 
 
 def record_fetch(session: Session, client: httpx.Client, feed: Feed, fetched: FeedFetch, settings: Settings,

@@ -164,12 +164,17 @@ class HostLimiter:
         """:meth:`try_acquire` for each URL, in order (Redis: one round trip for all)."""
         return [self.try_acquire(url) for url in urls]
 
-    def finish(self, lease: Lease, url: str, error: Optional[BaseException]) -> None:
-        """Release *lease* after a request to *url*; a 429 (or 503 with Retry-After) in
-        *error* penalises the host first, as :meth:`slot` does."""
-        if error is not None:
-            self.penalise_for(url, error)
-        self.release(lease)
+    @contextmanager
+    def held(self, lease: Lease, url_or_host: str) -> Iterator[Lease]:
+        """The body of the ``with`` holds *lease*, released at its end; a 429 (or 503 with
+        Retry-After) raised in it penalises the host for everyone first."""
+        try:
+            yield lease
+        except BaseException as exc:
+            self.penalise_for(url_or_host, exc)
+            raise
+        finally:
+            self.release(lease)
 
     def penalise(self, url_or_host: str, seconds: float) -> float:
         """No request to the host starts for *seconds* (capped at ``max_penalty``), on
@@ -211,13 +216,8 @@ class HostLimiter:
             # Jitter spreads the waiters that would all wake at the same instant.
             nap = got.seconds * (1 + random.uniform(0, 0.1)) + random.uniform(0, 0.01)
             self._sleep(max(0.001, min(nap, left)))
-        try:
+        with self.held(got, url_or_host):
             yield got
-        except BaseException as exc:
-            self.penalise_for(url_or_host, exc)
-            raise
-        finally:
-            self.release(got)
 
     def penalise_for(self, url_or_host: str, exc: BaseException) -> None:
         """Penalise the host if *exc* says it asked us to slow down (429; 503 with Retry-After)."""
@@ -447,9 +447,8 @@ class Politeness:
     fallback: Optional[HostLimiter] = None   # used while the shared limiter is unreachable
 
     @contextmanager
-    def gate(self, url: str, *, page: bool = False, max_wait: Optional[float] = None) -> Iterator[None]:
-        """Hold a slot of *url*'s host for the body of the ``with``, waiting at most
-        *max_wait* (default: ``self.max_wait``) for it.  For article pages
+    def gate(self, url: str, *, page: bool = False) -> Iterator[None]:
+        """Hold a slot of *url*'s host for the body of the ``with``.  For article pages
         (*page*), robots.txt is checked first (``RobotsDisallowed``) and its Crawl-delay
         honoured.  While Redis is unreachable the limits hold per process (*fallback*):
         the tasks in flight finish instead of failing their feeds."""
@@ -458,22 +457,21 @@ class Politeness:
             self.robots.check(url)
             asked = self.robots.crawl_delay(url)
             delay = min(asked, self.max_crawl_delay) if asked else None
-        wait = self.max_wait if max_wait is None else max_wait
         with ExitStack() as stack:
             try:
-                stack.enter_context(self.limiter.slot(url, max_wait=wait, min_delay=delay))
+                stack.enter_context(self.limiter.slot(url, max_wait=self.max_wait, min_delay=delay))
             except PolitenessUnavailable as exc:
                 if self.fallback is None:
                     raise
                 log.warning("%s; limiting %s in this process until it is back", exc.reason, host_key(url))
-                stack.enter_context(self.fallback.slot(url, max_wait=wait, min_delay=delay))
+                stack.enter_context(self.fallback.slot(url, max_wait=self.max_wait, min_delay=delay))
             yield
 
 
     def acquire_many(self, urls: list[str]) -> tuple[list[Union[Lease, Wait]], HostLimiter]:
         """Ask for a slot for each URL at once, without waiting (feed polls: no robots.txt).
         Returns the grants and the limiter that gave them: release each lease there
-        (:meth:`HostLimiter.finish`) when its request is done."""
+        (:meth:`HostLimiter.held`) for its request."""
         try:
             return self.limiter.try_acquire_many(urls), self.limiter
         except PolitenessUnavailable as exc:
