@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.services import create_database, drop_database, ensure_postgres, ensure_redis
+from tests.support.services import REDIS_TEST_DB, create_database, drop_database, ensure_postgres, ensure_redis
 from worker.devserver import DevServer
 
 ROOT = Path(__file__).resolve().parents[1]
-REDIS_TEST_DB = 11  # a db number of its own, so flushing it spares anything else on the server
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from tests.support import services
 
 def test_ensure_redis_answers_and_is_cached():
     url = services.ensure_redis()
-    assert redis.Redis.from_url(url + "/11").ping()
+    assert redis.Redis.from_url(url + f"/{services.REDIS_TEST_DB}").ping()
     assert services.ensure_redis() == url
 
 
@@ -53,4 +53,4 @@ def test_session_fixtures_give_a_database_and_a_redis_db_of_our_own(pg_url, redi
     assert sa.make_url(pg_url).database.startswith("nw_test_")
     with sa.create_engine(pg_url).connect() as conn:  # shared by the session: may hold tables already
         assert conn.execute(sa.text("select current_database()")).scalar() == sa.make_url(pg_url).database
-    assert redis_url.endswith("/11") and redis.Redis.from_url(redis_url).ping()
+    assert redis_url.endswith(f"/{services.REDIS_TEST_DB}") and redis.Redis.from_url(redis_url).ping()

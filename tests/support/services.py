@@ -25,6 +25,10 @@ import redis
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+# The tests' Redis db: a number of its own, so flushing it spares anything else on the server
+# (NEWSWORKER_TEST_REDIS_DB runs two suites side by side).
+REDIS_TEST_DB = int(os.environ.get("NEWSWORKER_TEST_REDIS_DB", "11"))
+
 _lock = threading.Lock()
 _cache: dict[str, str] = {}
 
