@@ -29,13 +29,13 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _parse_since(value: Optional[str]) -> Optional[datetime]:
+def _parse_since(value: Optional[str], option: str = "--since") -> Optional[datetime]:
     if not value:
         return None
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise ConfigError(f"--since {value!r} is not an ISO-8601 date or time (e.g. 2024-01-17 or 2024-01-17T12:00)") from None
+        raise ConfigError(f"{option} {value!r} is not an ISO-8601 date or time (e.g. 2024-01-17 or 2024-01-17T12:00)") from None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
@@ -261,15 +261,42 @@ def articles_list(
                           ", ".join(r["outlets"]), str(len(r["articles"])))
         out.print(table)
         return
+    _print_articles(rows, as_json)
+
+
+@articles_app.command("search")
+def articles_search(
+    query: str = typer.Argument(..., help='Words to find (all of them), "a phrase", a or b, -excluded.'),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Only articles with this tag, e.g. defence."),
+    country: Optional[str] = typer.Option(None, "--country", help="Only stories about this country (ISO code, e.g. AZ)."),
+    language: Optional[str] = typer.Option(None, "--language", help="Only articles in this language (ISO 639-1)."),
+    since: Optional[str] = typer.Option(None, "--since", help="Published (or stored) at or after, ISO-8601."),
+    until: Optional[str] = typer.Option(None, "--until", help="Published (or stored) before, ISO-8601."),
+    limit: int = typer.Option(20, "--limit", min=1, max=1000),
+    as_json: bool = typer.Option(False, "--json", help="JSON Lines, one article per line, with its score."),
+) -> None:
+    """Full-text search over titles and texts, best match first."""
+    from .db import session_scope
+    from .store import query_articles
+
+    with session_scope() as s:
+        rows, _ = query_articles(s, q=query, limit=limit, tag=tag, country=country, language=language,
+                                 since=_parse_since(since), until=_parse_since(until, "--until"))
+    if not rows:
+        err.print(f"no article matches {query!r}")
+    _print_articles(rows, as_json, score=True)
+
+
+def _print_articles(rows: list[dict[str, Any]], as_json: bool, score: bool = False) -> None:
     if as_json:
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))
         return
-    table = Table("id", "published", "title", "lang", "tags", "url")
+    table = Table("id", *(["score"] if score else []), "published", "title", "lang", "tags", "url")
     for r in rows:
         tags = ", ".join(f"{t['name']} {t['score']:.2f}" for t in r["tags"])
-        table.add_row(str(r["id"]), (r["published_at"] or "")[:10], (r["title"] or "")[:70], r["language"] or "",
-                      tags, r["url"])
+        table.add_row(str(r["id"]), *([f"{r['score']:.3f}"] if score else []), (r["published_at"] or "")[:10],
+                      (r["title"] or "")[:70], r["language"] or "", tags, r["url"])
     out.print(table)
 
 

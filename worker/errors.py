@@ -6,6 +6,7 @@ prints ``str(error)`` as one line.  Hierarchy::
     NewsworkerError
     ├── ConfigError                 bad settings or config file
     ├── FeedNotFound                no feed with that id or URL
+    ├── InvalidQuery                a search, filter or cursor that cannot be used
     └── FetchError(url)             anything that went wrong getting a URL
         ├── BlockedURL              scheme or address refused (private network, non-http)
         ├── TemporaryFetchError     worth retrying later: timeouts, connection errors, 5xx, 429
@@ -32,6 +33,10 @@ class ConfigError(NewsworkerError):
 
 class FeedNotFound(NewsworkerError):
     hint = "see `newsworker feeds list`"
+
+
+class InvalidQuery(NewsworkerError, ValueError):
+    hint = "see docs/api.md for the search syntax and filters; a cursor must come from the previous page"
 
 
 class FetchError(NewsworkerError):

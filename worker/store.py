@@ -4,7 +4,9 @@ runs twice (redelivery, two workers) stores nothing twice."""
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
@@ -14,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
-from .errors import FeedNotFound
+from .errors import FeedNotFound, InvalidQuery
 from .dedupe import Fingerprint, same_story, similarity
 from .models import (Article, ArticleEntity, ArticleFeed, ArticleURL, DeadLetter, Feed, FetchEvent, RawDocument, Story,
                      StoryBand, Tag, TaskDelivery, utcnow)
@@ -408,23 +410,33 @@ def replace_analysis(session: Session, article_id: int, tags: Sequence[TagResult
     _insert_analysis(session, article_id, tags, entities, version, utcnow())
 
 
-def _article_filters(*, tag: Optional[str], since: Optional[datetime], country: Optional[str]) -> list[Any]:
-    """WHERE clauses on articles shared by the article and story listings."""
+def _article_filters(*, tag: Optional[str] = None, since: Optional[datetime] = None, until: Optional[datetime] = None,
+                     country: Optional[str] = None, feed: Optional[int] = None, language: Optional[str] = None,
+                     ) -> list[Any]:
+    """WHERE clauses on articles shared by the article and story listings.  Time filters
+    use the publication time, or the storage time when the page gave none."""
     conds: list[Any] = []
     if tag:
         conds.append(Article.id.in_(select(Tag.article_id).where(Tag.name == tag)))
     if country:
         conds.append(Article.id.in_(select(ArticleEntity.article_id).where(
             ArticleEntity.kind == "country", ArticleEntity.code == country.upper())))
+    if feed is not None:  # every feed that carried the article, not only the first
+        conds.append(Article.id.in_(select(ArticleFeed.article_id).where(ArticleFeed.feed_id == feed)))
+    if language:
+        conds.append(Article.language == language.lower())
+    when = sa.func.coalesce(Article.published_at, Article.created_at)
     if since:
-        conds.append(sa.func.coalesce(Article.published_at, Article.created_at) >= since)
+        conds.append(when >= since)
+    if until:
+        conds.append(when < until)
     return conds
 
 
-def _articles_query(*, tag: Optional[str], since: Optional[datetime], country: Optional[str]) -> Any:
+def _articles_query(**filters: Any) -> Any:
     """Matching articles with their feed's URL, unordered: the listing and the export share it."""
     q = select(Article, Feed.url).join(Feed, Feed.id == Article.feed_id, isouter=True)
-    return q.where(*_article_filters(tag=tag, since=since, country=country))
+    return q.where(*_article_filters(**filters))
 
 
 def list_articles(
@@ -454,6 +466,62 @@ def iter_articles(
         if len(rows) < batch:
             return
         last_id = rows[-1][0].id
+
+
+def query_articles(
+    session: Session, *, q: Optional[str] = None, cursor: Optional[str] = None, limit: int = 50, **filters: Any,
+) -> tuple[list[dict[str, Any]], Optional[str]]:
+    """One page of articles and the cursor of the next (None on the last page).
+
+    Without *q*: newest stored first (id descending).  With *q*: best full-text match first
+    (see :mod:`worker.search`), ties newest first.  Filters as in :func:`_article_filters`.
+    Keyset pagination: the cursor holds the last row's sort key, so a page costs the same
+    however deep, and rows stored meanwhile never shift a later page."""
+    from . import search as fts
+
+    query = _articles_query(**filters)
+    if q is None:
+        key = decode_cursor(cursor, "id")
+        if key:
+            query = query.where(Article.id < key["id"])
+        rows = session.exec(query.order_by(Article.id.desc()).limit(limit + 1)).all()
+        page = rows[:limit]
+        nxt = encode_cursor("id", id=page[-1][0].id) if len(rows) > limit else None
+        return _article_dicts(session, page), nxt
+    found = fts.search(session.get_bind().dialect.name, q)
+    query = query.add_columns(found.score.label("score")).where(found.condition)
+    if found.join is not None:
+        query = query.join(*found.join)
+    key = decode_cursor(cursor, "rank")
+    if key:
+        query = query.where(sa.or_(found.score < key["score"], sa.and_(found.score == key["score"], Article.id < key["id"])))
+    rows = session.exec(query.order_by(found.score.desc(), Article.id.desc()).limit(limit + 1)).all()
+    page = rows[:limit]
+    nxt = encode_cursor("rank", score=page[-1][2], id=page[-1][0].id) if len(rows) > limit else None
+    out = _article_dicts(session, [(a, feed_url) for a, feed_url, _ in page])
+    for d, row in zip(out, page):
+        d["score"] = round(row[2], 6)
+    return out, nxt
+
+
+def encode_cursor(kind: str, **key: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"k": kind, **key}, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: Optional[str], kind: str) -> Optional[dict[str, Any]]:
+    """The key a cursor holds; InvalidQuery when it was not made by :func:`encode_cursor`
+    for the same kind of listing (a search cursor cannot page a plain listing)."""
+    if not cursor:
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        ok = key.get("k") == kind and isinstance(key.get("id"), int) and (
+            kind != "rank" or isinstance(key.get("score"), (int, float)))
+    except (ValueError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise InvalidQuery(f"cursor {cursor[:40]!r} is not a cursor of this listing")
+    return key
 
 
 def _article_dicts(session: Session, rows: Sequence[Any]) -> list[dict[str, Any]]:

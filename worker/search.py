@@ -1,0 +1,94 @@
+"""Full-text search over article titles and texts, ranked, on both databases.
+
+Users type web-search syntax: words (all must match), ``"a phrase"``, ``or`` between two
+alternatives and ``-word`` to exclude.  PostgreSQL parses it itself (``websearch_to_tsquery``)
+against the stored ``articles.search_vector`` (GIN index, migration 0007); SQLite gets the same
+syntax translated into an FTS5 query over ``articles_fts``, every word quoted so no input can
+reach FTS5's own operators.  Both give a *score*, higher is better.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from .errors import InvalidQuery
+from .models import Article
+
+# Text search configurations the PostgreSQL index was built with (migration 0007): a query is
+# parsed with each, so a word matches whatever language its article was stemmed in.
+PG_CONFIGS = ("simple", "english", "russian", "turkish", "french", "german", "spanish", "italian",
+              "portuguese", "dutch", "arabic")
+# FTS5 bm25 column weights (title, text): a title hit counts as much as ten in the body.
+_BM25_WEIGHTS = (10.0, 1.0)
+_TOKEN = re.compile(r'(-?)"([^"]*)"?|(\S+)')
+_WORD = re.compile(r"\w", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Search:
+    """A search's WHERE clause, score column and FROM additions, for one dialect."""
+
+    condition: Any
+    score: Any
+    join: Any = None          # (table, on-clause) to join, SQLite's FTS table
+
+
+def search(dialect: str, query: str) -> Search:
+    query = (query or "").strip()
+    if not _WORD.search(query):
+        raise InvalidQuery(f"search {query!r} has no word to look for")
+    match = fts5_query(query)       # also refuses a query that only excludes, on both databases
+    if dialect == "postgresql":
+        return _pg_search(query)
+    return _fts5_search(match)
+
+
+def _pg_search(query: str) -> Search:
+    vector = sa.literal_column("articles.search_vector")
+    tsq = None
+    for cfg in PG_CONFIGS:
+        part = sa.func.websearch_to_tsquery(sa.literal_column(f"'{cfg}'::regconfig"), sa.bindparam("q", query))
+        tsq = part if tsq is None else tsq.op("||")(part)
+    return Search(condition=vector.op("@@")(tsq), score=sa.func.ts_rank_cd(vector, tsq, 1).cast(sa.Float))
+
+
+_FTS = sa.table("articles_fts", sa.column("rowid"))
+
+
+def _fts5_search(match: str) -> Search:
+    fts = sa.literal_column("articles_fts")
+    return Search(condition=fts.op("MATCH")(match), score=-sa.func.bm25(fts, *_BM25_WEIGHTS),
+                  join=(_FTS, _FTS.c.rowid == Article.id))
+
+
+def fts5_query(query: str) -> str:
+    """Web-search syntax as an FTS5 expression: each word or phrase quoted (FTS5 tokenises
+    inside the quotes), implicit AND, ``or`` → OR, ``-x`` → NOT x."""
+    parts: list[str] = []
+    negated: list[str] = []
+    pending_or = False
+    for m in _TOKEN.finditer(query):
+        minus, phrase, word = m.group(1), m.group(2), m.group(3)
+        if word is not None and word.lower() == "or":
+            pending_or = bool(parts)
+            continue
+        if word is not None and word.startswith("-") and len(word) > 1:
+            minus, word = "-", word[1:]
+        text = phrase if phrase is not None else word
+        if not _WORD.search(text or ""):
+            continue
+        quoted = '"' + text.replace('"', '""') + '"'
+        if minus:
+            negated.append(quoted)
+        else:
+            if parts:
+                parts.append("OR" if pending_or else "AND")
+            parts.append(quoted)
+        pending_or = False
+    if not parts:
+        raise InvalidQuery(f"search {query!r} only excludes words; say what to look for too")
+    return " ".join(parts) + "".join(f" NOT {n}" for n in negated)
