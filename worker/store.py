@@ -479,28 +479,32 @@ def query_articles(
     however deep, and rows stored meanwhile never shift a later page."""
     from . import search as fts
 
-    query = _articles_query(**filters)
+    # Ids and sort keys first (narrow rows: the sort never carries texts), whole rows after.
+    query = sa.select(Article.id).where(*_article_filters(**filters))
     if q is None:
         key = decode_cursor(cursor, "id")
         if key:
             query = query.where(Article.id < key["id"])
-        rows = session.exec(query.order_by(Article.id.desc()).limit(limit + 1)).all()
-        page = rows[:limit]
-        nxt = encode_cursor("id", id=page[-1][0].id) if len(rows) > limit else None
-        return _article_dicts(session, page), nxt
-    found = fts.search(session.get_bind().dialect.name, q)
-    query = query.add_columns(found.score.label("score")).where(found.condition)
-    if found.join is not None:
-        query = query.join(*found.join)
-    key = decode_cursor(cursor, "rank")
-    if key:
-        query = query.where(sa.or_(found.score < key["score"], sa.and_(found.score == key["score"], Article.id < key["id"])))
-    rows = session.exec(query.order_by(found.score.desc(), Article.id.desc()).limit(limit + 1)).all()
-    page = rows[:limit]
-    nxt = encode_cursor("rank", score=page[-1][2], id=page[-1][0].id) if len(rows) > limit else None
-    out = _article_dicts(session, [(a, feed_url) for a, feed_url, _ in page])
-    for d, row in zip(out, page):
-        d["score"] = round(row[2], 6)
+        keys = session.execute(query.order_by(Article.id.desc()).limit(limit + 1)).all()
+        nxt = encode_cursor("id", id=keys[limit - 1][0]) if len(keys) > limit else None
+    else:
+        found = fts.search(session, q)
+        query = query.add_columns(found.score).where(found.condition)
+        if found.join is not None:
+            query = query.join(*found.join)
+        key = decode_cursor(cursor, "rank")
+        if key:
+            query = query.where(sa.or_(found.score < key["score"],
+                                       sa.and_(found.score == key["score"], Article.id < key["id"])))
+        keys = session.execute(query.order_by(found.score.desc(), Article.id.desc()).limit(limit + 1)).all()
+        nxt = encode_cursor("rank", score=keys[limit - 1][1], id=keys[limit - 1][0]) if len(keys) > limit else None
+    keys = keys[:limit]
+    by_id = {a.id: (a, feed_url) for a, feed_url in
+             session.exec(_articles_query().where(Article.id.in_([k[0] for k in keys]))).all()} if keys else {}
+    out = _article_dicts(session, [by_id[k[0]] for k in keys])
+    if q is not None:
+        for d, k in zip(out, keys):
+            d["score"] = round(k[1], 6)
     return out, nxt
 
 
