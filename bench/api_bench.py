@@ -70,6 +70,7 @@ def analyse(texts: list[tuple[str, str]]) -> list[dict[str, Any]]:
 
 def load(url: str, docs: list[dict[str, Any]], n: int) -> None:
     import sqlalchemy as sa
+    from sqlalchemy.dialects import postgresql
 
     from worker.db import get_engine
     from worker.models import Article, ArticleEntity, ArticleFeed, Feed, Story, Tag, utcnow
@@ -100,12 +101,12 @@ def load(url: str, docs: list[dict[str, Any]], n: int) -> None:
             tags = [{"article_id": a, "name": t.name, "score": t.score, "evidence": list(t.evidence),
                      "details": t.details, "iptc_code": t.iptc_code, "tagger_version": "bench", "created_at": now} for a, d in zip(ids, picks) for t in d["tags"]]
             if tags:
-                conn.execute(sa.insert(Tag), tags)
+                conn.execute(postgresql.insert(Tag).on_conflict_do_nothing(), tags)
             ents = [{"article_id": a, "kind": e.kind, "name": e.name, "code": e.code, "role": e.role, "rank": e.rank,
                      "evidence": list(e.evidence), "mentions": e.mentions, "tagger_version": "bench", "created_at": now}
                     for a, d in zip(ids, picks) for e in d["entities"]]
             if ents:
-                conn.execute(sa.insert(ArticleEntity), ents)
+                conn.execute(postgresql.insert(ArticleEntity).on_conflict_do_nothing(), ents)   # as the pipeline's insert_ignore
             conn.execute(sa.update(Story).where(Story.id.in_(stories)).values(
                 representative_article_id=sa.select(Article.id).where(Article.story_id == Story.id).scalar_subquery()))
     with engine.begin() as conn:

@@ -16,7 +16,7 @@ from tests.support.proc import WorkerProcess, base_env, cli, jsonl
 from worker import raw, store
 from worker.db import session_scope
 from worker.demo import mount_site
-from worker.models import Article, DeadLetter, FetchEvent, RawDocument, TaskDelivery, utcnow
+from worker.models import Article, ArticleChange, DeadLetter, FetchEvent, RawDocument, TaskDelivery, utcnow
 
 
 @pytest.fixture
@@ -73,9 +73,16 @@ def test_expired_raw_bodies_are_purged_and_articles_keep_their_text(embedded):
         s.execute(sa.update(RawDocument).values(fetched_at=utcnow() - timedelta(days=40)))
         s.add(TaskDelivery(attempt="old:0", deliveries=1, updated_at=utcnow() - timedelta(days=3)))
         s.add(TaskDelivery(attempt="new:0", deliveries=1))
+        changes = s.execute(sa.select(ArticleChange.id).order_by(ArticleChange.id)).scalars().all()
+        assert len(changes) >= 2
+        s.execute(sa.update(ArticleChange).where(ArticleChange.id == changes[0])
+                  .values(changed_at=utcnow() - timedelta(days=100)))
     with session_scope(db) as s:
-        removed = store.purge_expired(s, utcnow() - timedelta(days=30), utcnow() - timedelta(days=1), batch=3)
+        removed = store.purge_expired(s, utcnow() - timedelta(days=30), utcnow() - timedelta(days=1), batch=3,
+                                      changes_before=utcnow() - timedelta(days=90))
     assert removed == n_raw
+    with session_scope(db) as s:        # change-feed rows past their retention go, the rest stay
+        assert s.execute(sa.select(ArticleChange.id).order_by(ArticleChange.id)).scalars().all() == changes[1:]
     with session_scope(db) as s:
         assert s.execute(sa.select(sa.func.count()).select_from(RawDocument)).scalar_one() == 0
         arts = s.execute(sa.select(Article)).scalars().all()

@@ -56,6 +56,10 @@ class _Config:
 app = Celery("newsworker", include=["worker.tasks"])
 app.config_from_object(_Config())
 
+# Their Celery signal handlers: JSON logs with feed/article ids, task latency metrics
+# (docs/operations.md).  Imported here so every process that loads the app has them.
+from . import logs as _logs, metrics as _metrics  # noqa: E402,F401
+
 
 
 @after_setup_logger.connect

@@ -96,10 +96,11 @@ def feeds_list(as_json: bool = typer.Option(False, "--json", help="JSON Lines, o
     """Feeds and their health."""
     from .db import session_scope
     from .models import Feed
+    from .store import feed_dict
 
     with session_scope() as s:
         feeds = s.exec(select(Feed).order_by(Feed.id)).all()
-    rows = [_feed_dict(f) for f in feeds]
+    rows = [feed_dict(f) for f in feeds]
     if as_json:
         for r in rows:
             print(json.dumps(r, ensure_ascii=False))
@@ -115,19 +116,6 @@ def feeds_list(as_json: bool = typer.Option(False, "--json", help="JSON Lines, o
                       (r["next_fetch_at"] or "")[:19] if r["enabled"] else "",
                       (r["disabled_reason"] or r["last_error"] or "")[:80])
     out.print(table)
-
-
-def _feed_dict(f: Any) -> dict[str, Any]:
-    def iso(d: Optional[datetime]) -> Optional[str]:
-        return d.isoformat() if d else None
-
-    return {"id": f.id, "url": f.url, "name": f.name, "title": f.title, "site_url": f.site_url, "group": f.group_name,
-            "interval_seconds": f.interval_seconds, "enabled": f.enabled, "disabled_reason": f.disabled_reason,
-            "fetch_interval": f.fetch_interval, "hint_interval": f.hint_interval,
-            "last_status": f.last_status, "last_http_status": f.last_http_status, "error_count": f.error_count,
-            "permanent_failures": f.permanent_failures, "moved_to": f.moved_to,
-            "last_error": f.last_error, "last_fetch_at": iso(f.last_fetch_at), "last_success_at": iso(f.last_success_at),
-            "next_fetch_at": iso(f.next_fetch_at)}
 
 
 @feeds_app.command("enable")
@@ -365,6 +353,22 @@ def _write_csv(stream: TextIO, rows: Iterable[dict[str, Any]]) -> int:
     return count
 
 
+# ---------------------------------------------------------------- change feed
+
+@app.command("changes")
+def changes(
+    cursor: Optional[str] = typer.Option(None, "--cursor", help="Resume after this cursor (from the last run's final line)."),
+    limit: int = typer.Option(1000, "--limit", min=1, help="Changes per batch."),
+    follow: bool = typer.Option(False, "--follow", help="Keep reading as changes arrive (a cursor line after each batch)."),
+    articles: bool = typer.Option(False, "--articles", help="Include each article as it is now (as `articles list --json`)."),
+) -> None:
+    """Articles stored, re-extracted or re-tagged since --cursor, oldest first, as JSON
+    Lines; the last line is {"cursor": …} to pass next time (docs/changes.md)."""
+    from .changes import stream
+
+    stream(cursor, limit, follow, articles, lambda line: print(line, flush=True))
+
+
 # ---------------------------------------------------------------- tagging
 
 @app.command("tag")
@@ -434,9 +438,21 @@ def worker(
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
 ) -> None:
     """Start a Celery worker with newsworker's app and settings."""
+    from .metrics import worker_environment
+    from .settings import get_settings
+
+    # Before anything imports prometheus_client and before the pool forks: every pool
+    # process writes its task metrics to NEWSWORKER_METRICS_DIR (docs/operations.md).
+    worker_environment(get_settings())
     from .celery_app import app as celery
 
-    argv = ["worker", f"--loglevel={loglevel}", f"--queues={queues}"]
+    json_logs = get_settings().log_format == "json"
+    if json_logs:       # from the start: Celery warns (running as root, …) before it sets up logging
+        from .logs import configure
+
+        configure(loglevel.upper())
+    # JSON logs: no startup banner (-q), it is not a log record.
+    argv = (["-q"] if json_logs else []) + ["worker", f"--loglevel={loglevel}", f"--queues={queues}"]
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
     if beat:
@@ -448,8 +464,25 @@ def worker(
 def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
     """Start Celery beat (run exactly one per deployment)."""
     from .celery_app import app as celery
+    from .settings import get_settings
 
-    celery.start(["beat", f"--loglevel={loglevel}"])
+    json_logs = get_settings().log_format == "json"     # as the worker: no banner, it is not a log record
+    celery.start((["-q"] if json_logs else []) + ["beat", f"--loglevel={loglevel}"])
+
+
+@app.command("api")
+def api(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+) -> None:
+    """Serve the read-only HTTP API and the operator page (see docs/api.md)."""
+    import uvicorn
+
+    from .api import create_app
+    from .logs import uvicorn_log_config
+
+    config = uvicorn_log_config()           # JSON lines when NEWSWORKER_LOG_FORMAT=json
+    uvicorn.run(create_app(), host=host, port=port, **({"log_config": config} if config else {}))
 
 
 def main() -> None:

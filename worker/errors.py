@@ -7,6 +7,7 @@ prints ``str(error)`` as one line.  Hierarchy::
     ├── ConfigError                 bad settings or config file
     ├── FeedNotFound                no feed with that id or URL
     ├── InvalidQuery                a search, filter or cursor that cannot be used
+    │   └── InvalidCursor           a change-feed cursor that this database did not give
     └── FetchError(url)             anything that went wrong getting a URL
         ├── BlockedURL              scheme or address refused (private network, non-http)
         ├── TemporaryFetchError     worth retrying later: timeouts, connection errors, 5xx, 429
@@ -37,6 +38,11 @@ class FeedNotFound(NewsworkerError):
 
 class InvalidQuery(NewsworkerError, ValueError):
     hint = "see docs/api.md for the search syntax and filters; a cursor must come from the previous page"
+
+
+class InvalidCursor(InvalidQuery):
+    hint = ("pass a cursor exactly as `newsworker changes` printed it (its last {\"cursor\": …} line), "
+            "or no --cursor to read from the beginning")
 
 
 class FetchError(NewsworkerError):

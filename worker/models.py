@@ -252,3 +252,19 @@ class StoryBand(SQLModel, table=True):
     band_hash: int = Field(sa_column=sa.Column(sa.BigInteger, primary_key=True))
     article_id: int = Field(sa_column=sa.Column(sa.Integer, sa.ForeignKey("articles.id", ondelete="CASCADE"),
                                                  primary_key=True, index=True))
+
+
+class ArticleChange(SQLModel, table=True):
+    """The consumer change feed (worker/changes.py, docs/changes.md): one row per article
+    stored, re-extracted (`updated`) or re-tagged (`tagged`).  Written only by the
+    database triggers of migration 0008, never by application code."""
+
+    __tablename__ = "article_changes"
+    __table_args__ = (sa.Index("ix_article_changes_txid_id", "txid", "id"), {"sqlite_autoincrement": True})
+
+    id: Optional[int] = Field(default=None, sa_column=sa.Column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True))
+    article_id: int = Field(index=True)                    # no foreign key: the log outlives what it logs
+    kind: str = Field(sa_type=sa.Text)                     # stored | updated | tagged
+    txid: Optional[int] = Field(default=None, sa_type=sa.BigInteger)   # writing transaction (PostgreSQL only)
+    changed_at: datetime = _ts(nullable=False, default=utcnow)

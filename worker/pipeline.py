@@ -156,7 +156,8 @@ def _record_in_batch(session: Session, client: httpx.Client, feed: Feed, future:
             batch.results.append(record_fetch(session, client, feed, fetched, settings, writes))
     except Exception:       # a bug, not the feed's fault: its claim expires, it is polled again
         log.exception("feed %s (%s): recording the poll failed; the feed stays claimed until "
-                      "NEWSWORKER_CLAIM_TIMEOUT passes, then is polled again", feed.id, feed.url)
+                      "NEWSWORKER_CLAIM_TIMEOUT passes, then is polled again", feed.id, feed.url,
+                      extra={"feed_id": feed.id, "url": feed.url})
 
 
 def record_late(session: Session, client: httpx.Client, feed_id: int, fetched: FeedFetch,

@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 
 from pydantic import field_validator
-from typing import Annotated
+from typing import Annotated, Literal, Optional
 
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     visibility_timeout: int = 3600
     max_deliveries: int = 5              # a task started more often than this goes to the dead letters
     raw_retention_days: int = 30         # raw page and feed bytes kept for `newsworker reextract`
+    change_retention_days: int = 90      # change-feed rows kept: a consumer must read within this long
 
     # Politeness, shared by every worker through Redis (per process on the embedded default).
     polite_max_concurrent: int = 2       # requests in flight per host
@@ -59,6 +60,13 @@ class Settings(BaseSettings):
     polite_max_wait: float = 10.0        # a task waits this long for its host, else re-queues itself
     polite_lease_seconds: float = 120.0  # a slot a killed worker held is freed after this
     robots_enabled: bool = True          # article pages respect robots.txt
+
+    # Operations (docs/operations.md): worker task metrics are written here by every pool
+    # process (prometheus_client multiprocess mode); empty means <var_dir>/metrics.
+    metrics_dir: Optional[Path] = None
+    metrics_port: Optional[int] = None   # the worker serves its task metrics on this port when set
+    log_format: Literal["text", "json"] = "text"
+    api_token: str = ""                  # bearer token for POST /feeds/{id}/fetch; empty: that endpoint is off
 
     tagging_rules: Path = CONFIG_DIR / "tagging.yaml"
     entity_rules: Path = CONFIG_DIR / "entities.yaml"
@@ -74,6 +82,8 @@ class Settings(BaseSettings):
 
     def model_post_init(self, __context: object) -> None:
         var = self.var_dir.resolve()
+        if self.metrics_dir is None:
+            self.metrics_dir = var / "metrics"
         if not self.database_url:
             self.database_url = f"sqlite:///{var / 'newsworker.db'}"
         if not self.broker_url:

@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from .errors import FeedNotFound, InvalidQuery
 from .dedupe import Fingerprint, same_story, similarity
-from .models import (Article, ArticleEntity, ArticleFeed, ArticleURL, DeadLetter, Feed, FetchEvent, RawDocument, Story,
+from .models import (Article, ArticleChange, ArticleEntity, ArticleFeed, ArticleURL, DeadLetter, Feed, FetchEvent, RawDocument, Story,
                      StoryBand, Tag, TaskDelivery, utcnow)
 from .raw import RawBody
 
@@ -169,9 +169,13 @@ def save_raw(session: Session, raw: RawBody) -> int:
     return session.execute(sa.select(RawDocument.id).where(RawDocument.sha256 == raw.sha256)).scalar_one()
 
 
-def purge_expired(session: Session, raw_before: datetime, deliveries_before: datetime, batch: int = 1000) -> int:
+def purge_expired(session: Session, raw_before: datetime, deliveries_before: datetime, batch: int = 1000,
+                  changes_before: Optional[datetime] = None) -> int:
     """Drop raw bodies fetched before *raw_before* (articles keep their text; the
-    foreign keys set their raw_*_id to NULL) and old delivery counters.  Returns raw bodies removed."""
+    foreign keys set their raw_*_id to NULL), old delivery counters and change-feed rows
+    older than *changes_before*.  Returns raw bodies removed."""
+    if changes_before is not None:
+        session.execute(sa.delete(ArticleChange).where(ArticleChange.changed_at < changes_before))
     removed = 0
     while True:
         ids = session.execute(sa.select(RawDocument.id).where(RawDocument.fetched_at < raw_before).limit(batch)).scalars().all()
@@ -563,11 +567,24 @@ def article_columns() -> list[str]:
     return list(article_dict(Article(), None, []))
 
 
+def _iso(d: Optional[datetime]) -> Optional[str]:
+    return d.isoformat() if d else None
+
+
+def feed_dict(f: Feed) -> dict[str, Any]:
+    """A feed and its health, as `feeds list --json` and the API's /feeds give it."""
+    return {"id": f.id, "url": f.url, "name": f.name, "title": f.title, "site_url": f.site_url, "group": f.group_name,
+            "interval_seconds": f.interval_seconds, "enabled": f.enabled, "disabled_reason": f.disabled_reason,
+            "fetch_interval": f.fetch_interval, "hint_interval": f.hint_interval,
+            "last_status": f.last_status, "last_http_status": f.last_http_status, "error_count": f.error_count,
+            "permanent_failures": f.permanent_failures, "moved_to": f.moved_to,
+            "last_error": f.last_error, "last_fetch_at": _iso(f.last_fetch_at), "last_success_at": _iso(f.last_success_at),
+            "next_fetch_at": _iso(f.next_fetch_at)}
+
+
 def article_dict(a: Article, feed_url: Optional[str], tags: Sequence[Tag],
                  entities: Sequence[ArticleEntity] = ()) -> dict[str, Any]:
-    def iso(d: Optional[datetime]) -> Optional[str]:
-        return d.isoformat() if d else None
-
+    iso = _iso
     return {
         "id": a.id, "url": a.url, "canonical_url": a.canonical_url, "feed_id": a.feed_id, "feed_url": feed_url,
         "guid": a.guid, "title": a.title, "text": a.text, "author": a.author, "site_name": a.site_name,
@@ -607,6 +624,14 @@ def list_stories(
         copies.setdefault(sid, []).append({"article_id": aid, "url": url, "outlet": site or urlsplit(url).hostname,
                                            "feed_url": feed_url,
                                            "published_at": (published or created).isoformat()})
+    # Every feed that carried a copy: an exact copy at another URL is one article listed by
+    # several feeds, so the copies' outlets alone would miss the feeds that re-published it.
+    feeds: dict[int, set[str]] = {}
+    for sid, name in session.execute(
+            sa.select(Article.story_id, sa.func.coalesce(Feed.title, Feed.name, Feed.url))
+            .join(ArticleFeed, ArticleFeed.article_id == Article.id).join(Feed, Feed.id == ArticleFeed.feed_id)
+            .where(Article.story_id.in_(story_ids))).all():
+        feeds.setdefault(sid, set()).add(name)
     rep_ids = {sid: representative.get(sid) or copies[sid][0]["article_id"] for sid in story_ids}
     by_id = {a["id"]: a for a in list_articles(session, ids=list(rep_ids.values()), limit=len(rep_ids))}
     out = []
@@ -615,5 +640,5 @@ def list_stories(
         out.append({"story_id": sid, "title": rep["title"], "url": rep["url"], "representative_article_id": rep["id"],
                     "published_at": rep["published_at"], "tags": rep["tags"], "countries": rep["countries"],
                     "outlets": sorted({c["outlet"] for c in copies.get(sid, []) if c["outlet"]}),
-                    "articles": copies.get(sid, [])})
+                    "feeds": sorted(feeds.get(sid, ())), "articles": copies.get(sid, [])})
     return out

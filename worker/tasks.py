@@ -20,7 +20,7 @@ from celery.utils.log import get_task_logger
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy.exc import OperationalError
 
-from . import pipeline, store
+from . import changes, pipeline, store
 from .celery_app import app
 from .db import session_scope
 from .errors import FeedNotFound, TemporaryFetchError
@@ -232,14 +232,16 @@ def _record_late(feed_id: int, future: Future) -> None:
     try:
         fetched = future.result()       # (its slot was taken with the batch: never HostBusy here)
     except BaseException:       # cancelled (time limit) or a bug: the claim expires, the feed is polled again
-        log.exception("feed %s: a late poll did not finish; polled again after NEWSWORKER_CLAIM_TIMEOUT", feed_id)
+        log.exception("feed %s: a late poll did not finish; polled again after NEWSWORKER_CLAIM_TIMEOUT", feed_id,
+                      extra={"feed_id": feed_id})       # a pool thread: no task log context
         return
     try:
         with session_scope() as session:
             result = pipeline.record_late(session, http_client(), feed_id, fetched, get_settings())
         _queue_entries([result], track=False)
     except Exception:
-        log.exception("feed %s: recording a late poll failed; polled again after NEWSWORKER_CLAIM_TIMEOUT", feed_id)
+        log.exception("feed %s: recording a late poll failed; polled again after NEWSWORKER_CLAIM_TIMEOUT", feed_id,
+                      extra={"feed_id": feed_id})
 
 
 def _poll(feed_id: int) -> dict[str, Any]:
@@ -276,7 +278,8 @@ def _queue_entries(results: list[pipeline.PollResult], *, track: bool = True) ->
 def _summary(result: pipeline.PollResult, task_ids: list[str]) -> dict[str, Any]:
     o = result.outcome
     if o.error:
-        log.warning("feed %s %s: %s", result.feed_id, o.status, o.error)
+        log.warning("feed %s %s: %s", result.feed_id, o.status, o.error,
+                    extra={"feed_id": result.feed_id, "url": result.feed_url})   # a batch's context holds feed_ids only
     return {"feed_id": result.feed_id, "feed_url": result.feed_url, "status": o.status, "http_status": o.http_status,
             "items_seen": o.items_seen, "items_new": o.items_new, "error": o.error, "entry_tasks": task_ids}
 
@@ -299,16 +302,18 @@ def process_entry(self: Any, feed_id: int, entry: dict[str, Any], raw_feed_id: O
         raise self.retry(exc=exc, countdown=backoff(self.request.retries, exc.retry_after))
     except OperationalError as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
+    if result.created:      # after the commit: never announced for rolled-back work
+        changes.publish_stored(result.article_id)
     return {"url": parsed.link, **asdict(result)}
 
 
 @app.task(base=GuardedTask, soft_time_limit=300, time_limit=360)
 def purge_expired() -> int:
-    """Drop raw bodies past the retention period (beat runs this hourly)."""
-    now = utcnow()
+    """Drop raw bodies and change-feed rows past their retention periods (beat runs this hourly)."""
+    now, settings = utcnow(), get_settings()
     with session_scope() as session:
-        removed = store.purge_expired(session, now - timedelta(days=get_settings().raw_retention_days),
-                                      now - timedelta(days=1))
+        removed = store.purge_expired(session, now - timedelta(days=settings.raw_retention_days), now - timedelta(days=1),
+                                      changes_before=now - timedelta(days=settings.change_retention_days))
     if removed:
-        log.info("purged %d raw bodies older than %d days", removed, get_settings().raw_retention_days)
+        log.info("purged %d raw bodies older than %d days", removed, settings.raw_retention_days)
     return removed
