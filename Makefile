@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python bench/dedupe_scale.py
 	$(BIN)/python bench/dispatch_scale.py
 	$(BIN)/python bench/poll_scale.py
+	$(BIN)/python bench/api_bench.py
 
 ## Continuous polling of good and hostile feeds through the real service, with worker
 ## restarts: nothing lost or duplicated, memory flat.  SOAK_MINUTES=30 for the full run.

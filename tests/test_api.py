@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from openapi_spec_validator import validate
 
 from tests.support.api import api_server, sample_site_database
+from tests.support.services import drop_queued_tasks
 from tests.support.proc import base_env, cli
 from worker.db import session_scope
 from worker.models import Article, ArticleFeed, Feed
@@ -30,6 +31,7 @@ def site(tmp_path_factory, redis_url):
     tmp = tmp_path_factory.mktemp("api")
     with sample_site_database(tmp) as url, api_server(url, tmp, api_token=TOKEN, broker_url=redis_url) as api:
         yield {"api": api, "client": api.client, "db": url, "tmp": tmp, "redis_url": redis_url}
+    drop_queued_tasks(redis_url)        # the polls POST /feeds/{id}/fetch queued
 
 
 def get(site, path, status=200, **params):
@@ -165,6 +167,16 @@ def test_stories_with_evidence_and_every_outlet(site):
     everything = get(site, "/stories")["items"]
     assert len(everything) == 5 and {st["story_id"] for st in stories} <= {st["story_id"] for st in everything}
     assert [st["story_id"] for st in get(site, "/stories", limit=1)["items"]] == [everything[0]["story_id"]]
+    walked, cursor = [], None                       # cursor pages: every story once, in order
+    while True:
+        page = get(site, "/stories", limit=2, **({"cursor": cursor} if cursor else {}))
+        walked += [st["story_id"] for st in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert walked == [st["story_id"] for st in everything]
+    get(site, "/stories", 400, cursor="bad")
+    assert get(site, "/stories")["next_cursor"] is None
     assert SEED_TITLE in {st["title"] for st in get(site, "/stories", country="TR")["items"]}
     assert get(site, "/stories", since="2030-01-01")["items"] == []
     get(site, "/stories", 422, limit=500)

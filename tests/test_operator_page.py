@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.support.api import api_server, sample_site_database
+from tests.support.services import drop_queued_tasks
 from tests.support.proc import ROOT
 
 pytestmark = pytest.mark.services
@@ -49,6 +50,7 @@ def api(tmp_path_factory, redis_url):
     with sample_site_database(tmp, extra_feed_name=HOSTILE) as url, \
             api_server(url, tmp, api_token=TOKEN, broker_url=redis_url) as server:
         yield server
+    drop_queued_tasks(redis_url)        # the poll the "Fetch now" click queued
 
 
 def test_operator_page_in_chromium(api, browser):

@@ -597,18 +597,28 @@ def article_dict(a: Article, feed_url: Optional[str], tags: Sequence[Tag],
     }
 
 
-def list_stories(
-    session: Session, *, tag: Optional[str] = None, since: Optional[datetime] = None, limit: int = 50,
-    country: Optional[str] = None,
-) -> list[dict[str, Any]]:
-    """One dict per story, newest first: its representative article and every copy
-    (outlet, URL, feed) that carried it."""
-    story_ids = session.execute(
-        sa.select(Article.story_id).where(Article.story_id.is_not(None), *_article_filters(tag=tag, since=since, country=country))
-        .group_by(Article.story_id).order_by(sa.func.max(Article.created_at).desc(), Article.story_id.desc()).limit(limit)
-    ).scalars().all()
+def list_stories(session: Session, *, limit: int = 50, **filters: Any) -> list[dict[str, Any]]:
+    """:func:`query_stories`' first page."""
+    return query_stories(session, limit=limit, **filters)[0]
+
+
+def query_stories(
+    session: Session, *, cursor: Optional[str] = None, limit: int = 50, **filters: Any,
+) -> tuple[list[dict[str, Any]], Optional[str]]:
+    """One page of stories, the one with the newest stored copy first (filters as in
+    :func:`_article_filters`, on the copies), and the next page's cursor: one dict per
+    story with its representative article and every copy (outlet, URL, feed) that carried it."""
+    newest = sa.func.max(Article.id)        # a story's newest copy: distinct per story, so a total order
+    query = (sa.select(Article.story_id, newest).where(Article.story_id.is_not(None), *_article_filters(**filters))
+             .group_by(Article.story_id))
+    key = decode_cursor(cursor, "story")
+    if key:
+        query = query.having(newest < key["id"])
+    keys = session.execute(query.order_by(newest.desc()).limit(limit + 1)).all()
+    nxt = encode_cursor("story", id=keys[limit - 1][1]) if len(keys) > limit else None
+    story_ids = [sid for sid, _ in keys[:limit]]
     if not story_ids:
-        return []
+        return [], None
     rows = session.execute(
         sa.select(Article.story_id, Article.id, Article.url, Article.site_name, Article.published_at,
                   Article.created_at, Feed.url, Story.representative_article_id)
@@ -641,4 +651,4 @@ def list_stories(
                     "published_at": rep["published_at"], "tags": rep["tags"], "countries": rep["countries"],
                     "outlets": sorted({c["outlet"] for c in copies.get(sid, []) if c["outlet"]}),
                     "feeds": sorted(feeds.get(sid, ())), "articles": copies.get(sid, [])})
-    return out
+    return out, nxt

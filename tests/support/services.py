@@ -283,3 +283,13 @@ def drop_database(admin_url: str, url: str) -> None:
     name = make_url(url).database
     with psycopg.connect(_conninfo(admin_url), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def drop_queued_tasks(redis_url: str) -> None:
+    """Delete the task messages a test queued but no worker consumed: a later test's
+    worker on the same Redis db would otherwise run them against its own database."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete("feeds", "articles")
+    finally:
+        client.close()

@@ -80,16 +80,19 @@ def get_article(article_id: int = Path(ge=1), s: Session = Depends(session)) -> 
 
 # ---------------------------------------------------------------- stories, tags
 
-@router.get("/stories", response_model=StoryList, tags=["stories"])
+@router.get("/stories", response_model=StoryList, tags=["stories"], responses=BAD_QUERY)
 def list_stories(
     s: Session = Depends(session),
     tag: Optional[str] = TAG,
     country: Optional[str] = COUNTRY,
     since: Optional[datetime] = SINCE,
+    cursor: Optional[str] = Query(None, max_length=1000, description="`next_cursor` of the previous page"),
     limit: int = Query(50, ge=1, le=200),
 ) -> Any:
-    """Stories, newest first: each once, however many outlets ran it, with every copy."""
-    return {"items": store.list_stories(s, tag=tag, country=country, since=_utc(since), limit=limit)}
+    """Stories, the one with the newest stored copy first: each once, however many outlets
+    ran it, with every copy and every feed that carried one."""
+    items, next_cursor = store.query_stories(s, tag=tag, country=country, since=_utc(since), cursor=cursor, limit=limit)
+    return {"items": items, "next_cursor": next_cursor}
 
 
 @router.get("/tags", response_model=list[TagCount], tags=["stories"])

@@ -84,6 +84,7 @@ class StoryOut(BaseModel):
 
 class StoryList(BaseModel):
     items: list[StoryOut]
+    next_cursor: Optional[str] = Field(None, description="Pass as `cursor` for the next page; null on the last")
 
 
 class TagCount(BaseModel):
