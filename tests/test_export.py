@@ -9,9 +9,8 @@ import json
 
 import pytest
 
-from tests.support.proc import base_env, cli, jsonl
+from tests.support.proc import add_sample_site, base_env, cli, jsonl
 from worker.db import session_scope
-from worker.demo import mount_site
 from worker.store import iter_articles
 
 
@@ -22,10 +21,7 @@ def env(request, tmp_path, devserver):
     if request.param == "postgresql":
         settings["database_url"] = request.getfixturevalue("own_db")
     env = base_env(tmp_path, **settings)
-    cli(env, "db", "upgrade")
-    for url in mount_site(devserver):
-        cli(env, "feeds", "add", url)
-    assert "articles new: 5, failures: 0" in cli(env, "fetch", "--all", "--inline").stdout
+    assert "articles new: 5, failures: 0" in add_sample_site(env, devserver)
     return env
 
 

@@ -8,8 +8,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from tests.support.proc import WorkerProcess, base_env, cli
-from worker.demo import mount_site
+from tests.support.proc import WorkerProcess, add_sample_site, base_env, cli
 
 pytestmark = pytest.mark.services
 
@@ -17,9 +16,7 @@ pytestmark = pytest.mark.services
 def test_worker_writes_json_lines_with_feed_and_article_ids(tmp_path, devserver, own_db, redis_url):
     env = base_env(tmp_path, database_url=own_db, broker_url=redis_url, result_backend=redis_url,
                    allowed_private_hosts=devserver.host_port, log_format="json")
-    cli(env, "db", "upgrade")
-    for url in mount_site(devserver):
-        cli(env, "feeds", "add", url)
+    add_sample_site(env, devserver, inline_fetch=False)
     missing = devserver.base_url + "/feeds/gone.rss"          # answers 404: a failed poll, logged as a warning
     cli(env, "feeds", "add", missing, "--no-discover")
 

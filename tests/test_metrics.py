@@ -17,9 +17,8 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session
 
-from tests.support.proc import ROOT, WorkerProcess, base_env, cli, jsonl
+from tests.support.proc import ROOT, WorkerProcess, add_sample_site, base_env, cli, jsonl
 from tests.support.services import free_port
-from worker.demo import mount_site
 from worker.metrics import render
 from worker.settings import Settings
 
@@ -40,9 +39,7 @@ def test_render_reports_polls_articles_tags_feeds_queues_and_task_latency(tmp_pa
     metrics_port = free_port()
     env = base_env(tmp_path, database_url=own_db, broker_url=redis_url, result_backend=redis_url,
                    allowed_private_hosts=devserver.host_port, metrics_port=str(metrics_port))
-    cli(env, "db", "upgrade")
-    for url in mount_site(devserver):
-        cli(env, "feeds", "add", url)
+    add_sample_site(env, devserver, inline_fetch=False)
 
     worker = WorkerProcess(env, "--concurrency", "2", log=tmp_path / "worker.log")
     try:

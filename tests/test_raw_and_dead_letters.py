@@ -12,20 +12,16 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from tests.support.proc import WorkerProcess, base_env, cli, jsonl
+from tests.support.proc import WorkerProcess, add_sample_site, base_env, cli, jsonl
 from worker import raw, store
 from worker.db import session_scope
-from worker.demo import mount_site
 from worker.models import Article, ArticleChange, DeadLetter, FetchEvent, RawDocument, TaskDelivery, utcnow
 
 
 @pytest.fixture
 def embedded(tmp_path, devserver):
     env = base_env(tmp_path, allowed_private_hosts=devserver.host_port)
-    cli(env, "db", "upgrade")
-    for url in mount_site(devserver):
-        cli(env, "feeds", "add", url)
-    cli(env, "fetch", "--all", "--inline")
+    add_sample_site(env, devserver)
     return env, f"sqlite:///{tmp_path / 'newsworker.db'}"
 
 

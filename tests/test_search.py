@@ -9,10 +9,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from tests.support.proc import base_env, cli, jsonl
+from tests.support.proc import add_sample_site, base_env, cli, jsonl
+from tests.support.services import create_database, drop_database, ensure_postgres
 from worker import migrate
 from worker.db import session_scope
-from worker.demo import mount_site
 from worker.errors import InvalidQuery
 from worker.models import Article, ArticleEntity, ArticleFeed, Feed, Tag
 from worker.search import fts5_query
@@ -56,14 +56,19 @@ def make_db(url: str) -> None:
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def db(request, tmp_path_factory):
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_url")
-        with sa.create_engine(url).begin() as conn:   # the session's database: start from an empty schema
-            conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    else:
+    """A database of this module's own (the session's shared one holds other tests' feeds)."""
+    if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('search')}/search.db"
-    make_db(url)
-    return url
+        make_db(url)
+        yield url
+        return
+    admin = ensure_postgres()
+    url = create_database(admin)
+    try:
+        make_db(url)
+        yield url
+    finally:
+        drop_database(admin, url)
 
 
 def titles(url: str, **kw) -> list[str]:
@@ -191,10 +196,7 @@ def test_fts5_translation():
 
 def test_articles_search_command_on_the_embedded_default(tmp_path, devserver):
     env = base_env(tmp_path, allowed_private_hosts=devserver.host_port)
-    cli(env, "db", "upgrade")
-    for url in mount_site(devserver):
-        cli(env, "feeds", "add", url)
-    cli(env, "fetch", "--all", "--inline")
+    add_sample_site(env, devserver)
     rows = jsonl(cli(env, "articles", "search", "Hasanov Turkish", "--json").stdout)
     assert rows and any("Tüfekçi" in r["text"] for r in rows)
     assert all(r["score"] > 0 for r in rows)

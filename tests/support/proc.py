@@ -36,6 +36,17 @@ def cli(env: dict[str, str], *args: str, check: bool = True, input: str | None =
     return done
 
 
+def add_sample_site(env: dict[str, str], devserver: Any, *, inline_fetch: bool = True) -> str:
+    """Upgrade the database, add the sample site's feeds (worker.demo, served by *devserver*)
+    and, unless told not to, ingest them --inline.  Returns the fetch's summary output."""
+    from worker.demo import mount_site
+
+    cli(env, "db", "upgrade")
+    for url in mount_site(devserver):
+        cli(env, "feeds", "add", url)
+    return cli(env, "fetch", "--all", "--inline").stdout if inline_fetch else ""
+
+
 def jsonl(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
