@@ -9,7 +9,11 @@ A real API server (``newsworker api``) answers; clients in threads request:
 - a full-text search (``/articles?q=…&limit=50``), several queries, alone and with a filter,
 - the store function behind them, in-process (the HTTP and JSON layer's share is the rest).
 
-    python bench/api_bench.py [--articles 100000] [--requests 400] [--clients 4]"""
+Each list is requested by one client (latency alone) and by --clients at once (throughput;
+on this 2-core machine the clients, the API and PostgreSQL share the cores).
+
+    python bench/api_bench.py [--articles 100000] [--requests 400] [--clients 4] [--api-workers 2]
+                              [--database-url URL]   # reuse a loaded database"""
 
 from __future__ import annotations
 
@@ -189,6 +193,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--database-url", help="an already loaded database (skips loading; kept afterwards)")
+    ap.add_argument("--api-workers", type=int, default=2, help="newsworker api --workers (one per core)")
     args = ap.parse_args()
 
     from common import corpus_dir, machine_reference
@@ -196,25 +202,27 @@ def main() -> None:
     from worker.migrate import upgrade
 
     print(machine_reference())
-    t = time.perf_counter()
-    docs = analyse(corpus_texts(corpus_dir()))
-    share = sum(any(tg.name == "defence" for tg in d["tags"]) for d in docs) / len(docs)
-    print(f"{len(docs)} distinct corpus texts analysed in {time.perf_counter() - t:.0f} s "
-          f"({share:.0%} tagged defence)")
     admin = ensure_postgres()
-    url = create_database(admin)
+    url = args.database_url or create_database(admin)
     server = None
     try:
-        upgrade(url)
-        t = time.perf_counter()
-        load(url, docs, args.articles)
-        print(f"{args.articles} articles stored on PostgreSQL in {time.perf_counter() - t:.0f} s")
+        if not args.database_url:
+            t = time.perf_counter()
+            docs = analyse(corpus_texts(corpus_dir()))
+            share = sum(any(tg.name == "defence" for tg in d["tags"]) for d in docs) / len(docs)
+            print(f"{len(docs)} distinct corpus texts analysed in {time.perf_counter() - t:.0f} s "
+                  f"({share:.0%} tagged defence)")
+            upgrade(url)
+            t = time.perf_counter()
+            load(url, docs, args.articles)
+            print(f"{args.articles} articles stored on PostgreSQL in {time.perf_counter() - t:.0f} s")
 
         calls = [{"tag": "defence"}, *({"q": q} for q in SEARCHES), {"q": "minister", "tag": "defence"}]
         print(f"store.query_articles in-process: {percentiles(store_timing(url, calls))}")
 
         env = {**os.environ, "NEWSWORKER_DATABASE_URL": url}
-        server = subprocess.Popen([sys.executable, "-m", "worker", "api", "--host", "127.0.0.1", "--port", str(args.port)],
+        server = subprocess.Popen([sys.executable, "-m", "worker", "api", "--host", "127.0.0.1", "--port", str(args.port),
+                                   "--workers", str(args.api_workers)],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         base = f"http://127.0.0.1:{args.port}"
         _wait_up(base, server)
@@ -224,13 +232,16 @@ def main() -> None:
                             (f"tag=defence, cursor pages 1-{len(listing)}", listing),
                             (f"q= full-text search ({len(searches)} queries)", searches)]:
             hammer(base, paths, min(40, args.requests), args.clients)            # warm up
-            rps, ms = hammer(base, paths, args.requests, args.clients)
-            print(f"GET {name:38s} {rps:7.1f} req/s  {percentiles(ms)}  ({args.clients} clients)")
+            for clients in sorted({1, args.clients}):     # latency alone, then under concurrent load
+                rps, ms = hammer(base, paths, args.requests, clients)
+                print(f"GET {name:38s} {rps:7.1f} req/s  {percentiles(ms)}  "
+                      f"({clients} client{'s' if clients > 1 else ''}, {args.api_workers} server processes)")
     finally:
         if server is not None:
             server.terminate()
             server.wait(10)
-        drop_database(admin, url)
+        if not args.database_url:
+            drop_database(admin, url)
 
 
 def _wait_up(base: str, server: subprocess.Popen) -> None:

@@ -474,15 +474,18 @@ def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
 def api(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
+    workers: int = typer.Option(1, "--workers", min=1, help="Server processes (the handlers are CPU-bound "
+                                                            "Python: one per core)."),
 ) -> None:
     """Serve the read-only HTTP API and the operator page (see docs/api.md)."""
     import uvicorn
 
-    from .api import create_app
     from .logs import uvicorn_log_config
 
     config = uvicorn_log_config()           # JSON lines when NEWSWORKER_LOG_FORMAT=json
-    uvicorn.run(create_app(), host=host, port=port, **({"log_config": config} if config else {}))
+    # By import string: each server process builds its own app (engines are per process).
+    uvicorn.run("worker.api:create_app", factory=True, host=host, port=port, workers=workers,
+                **({"log_config": config} if config else {}))
 
 
 def main() -> None:
