@@ -529,7 +529,7 @@ def test_failed_publish_is_a_warning_not_an_error(sqlite_db, tmp_path):
     with engine.begin() as conn:
         aid = _insert_article(conn, "announced")
     env = base_env(tmp_path, database_url=url, broker_url=f"redis://127.0.0.1:{free_port()}/0")
-    code = f"from worker.changes import publish_stored; print(publish_stored({aid}))"
+    code = f"from worker.changes import publish_stored; print(publish_stored({aid}, 'https://news.example/announced', ['defence']))"
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

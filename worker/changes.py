@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from .errors import InvalidCursor
-from .models import Article, ArticleChange, Tag
+from .models import ArticleChange
 
 log = logging.getLogger(__name__)
 
@@ -236,22 +236,19 @@ def _redis_client(url: str) -> Any:
         return _redis[2]
 
 
-def publish_stored(article_id: int) -> bool:
-    """After the commit that stored a new article: publish
-    ``{"article_id", "kind": "stored", "url", "tags": [names]}`` on ``newsworker:articles``
-    when the broker is Redis (nothing on the embedded default).  A failure is logged,
-    never raised: the article is stored and the change feed has it.  True if sent."""
-    from .db import session_scope
+def publish_stored(article_id: int, canonical_url: Optional[str], tags: Sequence[str]) -> bool:
+    """After the commit that stored a new article (its canonical URL and tag names as the
+    task stored them: no second read): publish ``{"article_id", "kind": "stored", "url",
+    "tags": [names]}`` on ``newsworker:articles`` when the broker is Redis (nothing on the
+    embedded default).  A failure is logged, never raised: the article is stored and the
+    change feed has it.  True if sent."""
     from .settings import get_settings
 
     url = get_settings().broker_url
     if not url.startswith(("redis://", "rediss://")):
         return False
     try:
-        with session_scope() as s:
-            canonical = s.execute(sa.select(Article.canonical_url).where(Article.id == article_id)).scalar()
-            tags = s.execute(sa.select(Tag.name).where(Tag.article_id == article_id).order_by(Tag.name)).scalars().all()
-        message = {"article_id": article_id, "kind": "stored", "url": canonical, "tags": list(tags)}
+        message = {"article_id": article_id, "kind": "stored", "url": canonical_url, "tags": sorted(tags)}
         _redis_client(url).publish(REDIS_CHANNEL, json.dumps(message, ensure_ascii=False))
         return True
     except Exception as exc:      # noqa: BLE001 - a notification must never fail the stored article's task

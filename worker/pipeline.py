@@ -54,6 +54,8 @@ class EntryResult:
     created: bool
     text_source: Optional[str] = None
     fetch_error: Optional[str] = None
+    canonical_url: Optional[str] = None
+    tags: tuple[str, ...] = ()              # tag names given, for the after-commit announcement
 
 
 def warm_up() -> None:
@@ -394,7 +396,8 @@ def process_entry(
     tags = tagger.tag(draft.title, draft.text, draft.language)
     entities = extract_entities(draft.title, draft.text, draft.language)
     article_id, created = store.save_article(session, draft, feed_id, tags, entities, tagger.version)
-    return EntryResult(article_id, created, draft.text_source, draft.fetch_error)
+    return EntryResult(article_id, created, draft.text_source, draft.fetch_error, draft.canonical_url,
+                       tuple(sorted(t.name for t in tags)))
 
 
 def make_article(

@@ -303,7 +303,7 @@ def process_entry(self: Any, feed_id: int, entry: dict[str, Any], raw_feed_id: O
     except OperationalError as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
     if result.created:      # after the commit: never announced for rolled-back work
-        changes.publish_stored(result.article_id)
+        changes.publish_stored(result.article_id, result.canonical_url, result.tags)
     return {"url": parsed.link, **asdict(result)}
 
 
