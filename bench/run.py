@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -231,6 +232,8 @@ def main() -> None:
     ap.add_argument("--tagging-cost", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-service", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="measure (a), (b) and (d) this many times, interleaved; medians are reported")
     args = ap.parse_args()
     if args.direct:
         return direct()
@@ -241,34 +244,64 @@ def main() -> None:
     if not (corpus_dir() / "articles" / "zyte").is_dir():
         raise SystemExit(f"bench: corpus not found at {corpus_dir()} (set NEWSWORKER_CORPUS)")
 
-    results: dict[str, dict | None] = {}
-    print("(a) trafilatura.extract, direct, one process …", flush=True)
-    seconds, out = run_measured([sys.executable, str(Path(__file__).resolve()), "--direct"])
-    results["a_direct"] = {**json.loads(out.strip().splitlines()[-1]), "wall_seconds": seconds}
+    results: dict[str, Any] = {}
     print("(e) tagging and entity extraction vs extraction, per article …", flush=True)
     _, out = run_measured([sys.executable, str(Path(__file__).resolve()), "--tagging-cost"])
     results["e_tagging"] = json.loads(out.strip().splitlines()[-1])
     server, base = start_devserver()
     host_port = base.split("://", 1)[1]
+    # This machine's speed drifts by ±10% from minute to minute: (a), (b) and (d) are
+    # measured in turn, several rounds, and each ratio is taken within a round.
+    rounds: list[dict[str, dict]] = []
     try:
-        print("(b) newsworker fetch --all --inline, SQLite, one process …", flush=True)
-        results["b_inline"] = inline(base, host_port)
         if not args.skip_peer:
             print("(c) peer: mcmetadata.extract …", flush=True)
             results["c_peer"] = peer()
-        if not args.skip_service:
-            print("(d) Celery worker, 2 processes, Redis + PostgreSQL, fetch --all --wait …", flush=True)
-            results["d_service"] = service(base, host_port)
+        for n in range(1, args.rounds + 1):
+            one: dict[str, dict] = {}
+            print(f"round {n}/{args.rounds}: (a) trafilatura.extract, direct …", flush=True)
+            seconds, out = run_measured([sys.executable, str(Path(__file__).resolve()), "--direct"])
+            one["a_direct"] = {**json.loads(out.strip().splitlines()[-1]), "wall_seconds": seconds}
+            print(f"round {n}/{args.rounds}: (b) newsworker fetch --all --inline, SQLite, one process …", flush=True)
+            one["b_inline"] = inline(base, host_port)
+            if not args.skip_service:
+                print(f"round {n}/{args.rounds}: (d) Celery worker, 2 processes, Redis + PostgreSQL, "
+                      "fetch --all --wait …", flush=True)
+                one["d_service"] = service(base, host_port)
+            rounds.append(one)
     finally:
         server.terminate()
+    results["rounds"] = rounds
+    for key in ("a_direct", "b_inline", "d_service"):
+        if key in rounds[0]:
+            results[key] = median_run([r[key] for r in rounds], "seconds")
     report(results)
+
+
+def median_run(runs: list[dict], key: str) -> dict:
+    """The run with the median *key* (seconds): its figures stay consistent with each other."""
+    return sorted(runs, key=lambda r: r[key])[len(runs) // 2]
+
+
+def ratios(r: dict) -> dict[str, float]:
+    """The ratios of one round (or of the medians)."""
+    a, b, d = r.get("a_direct"), r.get("b_inline"), r.get("d_service")
+    out = {"b/a steady": pps(b, "inner_seconds") / pps(a, "seconds"),
+           "b/a whole command": pps(b, "seconds") / pps(a, "wall_seconds")}
+    if d:
+        out["d/b whole command"] = pps(d, "seconds") / pps(b, "seconds")
+    return out
+
+
+def pps(x: dict | None, key: str | None) -> float:
+    return x["pages"] / x[key] if x and key and x.get(key) else float("nan")
 
 
 def report(r: dict) -> None:
     """Two throughputs per run: steady (the per-page loop, after one-time start-up:
     imports, tagging rules, language model) and whole command (process start to end)."""
     a, b, c, d = r.get("a_direct"), r.get("b_inline"), r.get("c_peer"), r.get("d_service")
-    pps = lambda x, key: x["pages"] / x[key] if x and x.get(key) else float("nan")  # noqa: E731
+    print(f"\nmedian run of {len(r['rounds'])} rounds for (a), (b) and (d):")
     rows = [("(a) trafilatura.extract, direct", a, "seconds", "wall_seconds"),
             ("(b) newsworker fetch --all --inline, SQLite", b, "inner_seconds", "seconds"),
             ("(c) peer: mcmetadata.extract", c, "seconds", "wall_seconds"),
@@ -281,13 +314,16 @@ def report(r: dict) -> None:
             st = f"{pps(x, steady):.1f}" if steady else "—"
             print(f"| {name} | {x['pages']} | {st} | {pps(x, whole):.1f} | {x['f1']:.3f} | {rss} |")
     print()
-    print(f"b/a steady (pipeline cost on top of extraction; target ≥ 0.85): {pps(b, 'inner_seconds') / pps(a, 'seconds'):.2f}")
-    print(f"b/a whole command: {pps(b, 'seconds') / pps(a, 'wall_seconds'):.2f}")
+    per_round = [ratios(one) for one in r["rounds"]]
+    targets = {"b/a steady": "pipeline cost on top of extraction; target ≥ 0.85",
+               "b/a whole command": "start-up included",
+               "d/b whole command": "service vs inline; target ≥ 1.7"}
+    for name, why in targets.items():
+        if name in per_round[0]:
+            each = sorted(x[name] for x in per_round)
+            print(f"{name} ({why}): median {each[len(each) // 2]:.2f}  (rounds: {', '.join(f'{v:.2f}' for v in each)})")
     if c:
         print(f"b/c steady (newsworker vs peer): {pps(b, 'inner_seconds') / pps(c, 'seconds'):.2f}")
-    if d:
-        print(f"d/b whole command (service vs inline; target ≥ 1.7): {pps(d, 'seconds') / pps(b, 'seconds'):.2f}")
-        print(f"d/b, service whole command vs inline steady: {pps(d, 'seconds') / pps(b, 'inner_seconds'):.2f}")
     e = r.get("e_tagging")
     if e:
         print(f"\n(e) per article on {e['articles']} pages: extraction {e['extract_ms']:.2f} ms, tagging {e['tag_ms']:.2f} ms, "

@@ -15,6 +15,7 @@ task_routes = {
     "worker.tasks.poll_feed": {"queue": "feeds"},
     "worker.tasks.poll_feeds": {"queue": "feeds"},
     "worker.tasks.process_entry": {"queue": "articles"},
+    "worker.tasks.process_entries": {"queue": "articles"},
     "worker.tasks.purge_expired": {"queue": "feeds"},
 }
 

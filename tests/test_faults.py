@@ -413,11 +413,14 @@ def test_worker_killed_mid_article_redelivers_and_stores_it_once(make_harness, s
     assert slow.url not in h.stored_urls(), f"stored although its task was killed mid-fetch\n{h.diagnostics()}"
 
     h.wait_unacked_expired()
-    h.worker("worker-2")
+    w2 = h.worker("worker-2")
     h.wait_for("every article stored after the redelivery", all_stored(h, site))
     h.assert_stored_once(site)
     assert site_server.arrivals(slow.path) >= 2, \
         f"the killed task's page was not fetched again: no redelivery?\n{h.diagnostics()}"
+    # The batch delivered again went on as one task per entry: an entry that kills its
+    # worker each time is set aside alone, not with the rest of its batch.
+    assert "was delivered again; split into one task per entry" in w2.log(), h.diagnostics()
 
 
 def test_redis_restart_loses_no_feed_poll(make_harness, site_server, redis_server):
@@ -471,7 +474,7 @@ def test_postgres_restart_tasks_retry_and_finish(make_harness, site_server, pg_s
 
     pg_server.stop("fast")          # ends the tasks' open transactions
     site_server.release()
-    retried = re.compile(r"process_entry\[[0-9a-f-]+\] retry")
+    retried = re.compile(r"process_entr(?:y|ies)\[[0-9a-f-]+\] retry")
     h.wait_for("article tasks retrying while the database is down", lambda: len(retried.findall(worker.log())) >= 2)
     pg_server.start()
 

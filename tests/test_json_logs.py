@@ -39,19 +39,23 @@ def test_worker_writes_json_lines_with_feed_and_article_ids(tmp_path, devserver,
         assert {"timestamp", "level", "logger", "message"} <= set(r), r
     assert any(r["message"].endswith(" ready.") for r in records)
 
-    # Each stored entry: Celery's success line names the task, the feed, the entry's URL
-    # and the article it became.
-    entries = [r for r in records if r["logger"] == "celery.app.trace" and "process_entry" in r["message"]
-               and "succeeded" in r["message"]]
+    # Each new entry: one line naming the article task, the feed, the entry's URL and the
+    # article it became; the task's own success line names its feed.
+    entries = [r for r in records if r["logger"] == "worker.tasks" and " stored as article " in r["message"]]
     engine = sa.create_engine(own_db)
     with engine.connect() as db:
-        entry_tasks = db.execute(sa.text("SELECT sum(items_new) FROM fetch_events")).scalar_one()
+        new_entries = db.execute(sa.text("SELECT sum(items_new) FROM fetch_events")).scalar_one()
     engine.dispose()
-    assert len(entries) == entry_tasks >= 5, [r["message"] for r in records]
+    assert len(entries) == new_entries >= 5, [r["message"] for r in records]
     for r in entries:
-        assert r["task_name"] == "worker.tasks.process_entry" and r["task_id"] in r["message"]
+        assert r["task_name"] == "worker.tasks.process_entries"
         assert isinstance(r["feed_id"], int) and isinstance(r["article_id"], int)
-        assert r["url"].startswith(devserver.base_url)
+        assert r["url"].startswith(devserver.base_url) and r["message"].startswith(r["url"])
+        assert r["message"].split(" article ")[1].split()[0] == str(r["article_id"])
+    batches = [r for r in records if r["logger"] == "celery.app.trace" and "process_entries" in r["message"]
+               and "succeeded" in r["message"]]
+    assert batches and all(r["task_id"] in r["message"] and isinstance(r["feed_id"], int) for r in batches)
+    assert {r["task_id"] for r in entries} <= {r["task_id"] for r in batches}
     assert any(r["url"].endswith("/news/removed-story.html") for r in entries)
     assert len({r["article_id"] for r in entries}) == 5
 

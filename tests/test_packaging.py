@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 import yaml
 from sqlmodel import SQLModel
@@ -50,9 +51,11 @@ def test_celery_config_routes_tasks_to_separate_queues():
     assert conf.task_routes["worker.tasks.poll_feed"]["queue"] == "feeds"
     assert conf.task_routes["worker.tasks.poll_feeds"]["queue"] == "feeds"
     assert conf.task_routes["worker.tasks.process_entry"]["queue"] == "articles"
+    assert conf.task_routes["worker.tasks.process_entries"]["queue"] == "articles"
     import worker.tasks as tasks
 
-    for t in (tasks.dispatch_due_feeds, tasks.poll_feed, tasks.poll_feeds, tasks.process_entry, tasks.purge_expired):
+    for t in (tasks.dispatch_due_feeds, tasks.poll_feed, tasks.poll_feeds, tasks.process_entry,
+              tasks.process_entries, tasks.purge_expired):
         assert t.time_limit and t.soft_time_limit and t.soft_time_limit < t.time_limit
 
 
@@ -94,7 +97,7 @@ def test_visibility_timeout_exceeds_the_longest_task_and_countdown():
     from worker.settings import Settings
 
     longest_task = max(t.time_limit for t in (tasks.dispatch_due_feeds, tasks.poll_feed, tasks.poll_feeds,
-                                              tasks.process_entry, tasks.purge_expired))
+                                              tasks.process_entry, tasks.process_entries, tasks.purge_expired))
     longest_countdown = max(max(tasks.backoff(r) for r in range(20) for _ in range(50)), tasks.MAX_DEFER_SECONDS + 1)
     assert Settings().visibility_timeout > longest_task + longest_countdown
     # and it reaches the Redis transport
@@ -102,3 +105,25 @@ def test_visibility_timeout_exceeds_the_longest_task_and_countdown():
     env = {**os.environ, "NEWSWORKER_BROKER_URL": "redis://127.0.0.1:6379/0", "NEWSWORKER_VISIBILITY_TIMEOUT": "4321"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "4321"
+
+
+def test_a_redis_channel_closed_under_the_worker_asks_for_a_reconnect(redis_url):
+    """kombu's race (worker/broker_compat.py): a channel whose connection is already gone
+    restores its unacknowledged messages.  That must raise a connection error, which
+    Celery ignores while closing and answers by reconnecting, not an AttributeError that
+    kills the worker."""
+    import kombu
+    import redis as redis_lib
+
+    import worker.celery_app  # noqa: F401 - installs the guard
+
+    conn = kombu.Connection(redis_url)
+    try:
+        channel = conn.channel()
+        assert channel._connparams()["host"] == "127.0.0.1"       # a live channel is untouched
+        channel.connection.client = None                          # what the close leaves behind
+        with pytest.raises(redis_lib.exceptions.ConnectionError) as caught:
+            channel._connparams()
+        assert isinstance(caught.value, conn.connection_errors)
+    finally:
+        conn.release()

@@ -12,7 +12,10 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger, worker_init
 
+from .broker_compat import guard_redis_channel_close
 from .settings import get_settings
+
+guard_redis_channel_close()
 
 
 class _Config:

@@ -62,6 +62,8 @@ class Route:
     auto_etag: bool = True
     delay: float = 0.0  # seconds to wait before answering (timeouts, slow feeds)
     drip: float = 0.0   # seconds between body bytes (a server that drips its answer)
+    fail_first: int = 0  # the first this many requests get 503 with Retry-After: 1 (a passing outage)
+    _failed: int = field(default=0, init=False, repr=False)
     _gzipped: bytes | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -149,19 +151,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             if route.delay:
                 time.sleep(route.delay)
-            status, body, ctype = route.status, route.body, route.content_type
-            headers.update(route.headers)
-            if route.etag:
-                headers["ETag"] = route.etag
-            if route.last_modified:
-                headers["Last-Modified"] = route.last_modified
-            if route.not_modified(self.headers):
-                status, body = 304, b""
-            elif len(body) > GZIP_MIN_BYTES and "Content-Encoding" not in route.headers:   # pre-encoded: as is
-                headers["Vary"] = "Accept-Encoding"
-                if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
-                    body = route.gzipped()
-                    headers["Content-Encoding"] = "gzip"
+            with dev._lock:
+                failing = route._failed < route.fail_first
+                route._failed += failing
+            if failing:
+                status, body, ctype = 503, b"try again\n", "text/plain; charset=utf-8"
+                headers["Retry-After"] = "1"
+            else:
+                status, body, ctype, headers = self._route_response(route)
         # Recorded before answering, so a client that has its response sees the record.
         dev._record(RequestRecord(self.command, _norm(path), query,
                                   {k.lower(): v for k, v in self.headers.items()}, status, arrived))
@@ -183,6 +180,24 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
             else:
                 self.wfile.write(body)
+
+
+    def _route_response(self, route: Route) -> tuple[int, bytes, str, dict[str, str]]:
+        """Status, body, content type and headers of *route* for this request: 304 when
+        the request's validators match, gzip when it accepts it."""
+        status, body, headers = route.status, route.body, dict(route.headers)
+        if route.etag:
+            headers["ETag"] = route.etag
+        if route.last_modified:
+            headers["Last-Modified"] = route.last_modified
+        if route.not_modified(self.headers):
+            status, body = 304, b""
+        elif len(body) > GZIP_MIN_BYTES and "Content-Encoding" not in route.headers:   # pre-encoded: as is
+            headers["Vary"] = "Accept-Encoding"
+            if _accepts_gzip(self.headers.get("Accept-Encoding", "")):
+                body = route.gzipped()
+                headers["Content-Encoding"] = "gzip"
+        return status, body, route.content_type, headers
 
 
 def _accepts_gzip(value: str) -> bool:
@@ -464,7 +479,9 @@ def mount_zyte_corpus(server: DevServer, corpus_dir: str | Path) -> dict[str, di
         path = paths[h] if taken[paths[h]] == 1 else f"{paths[h]}-{h}"
         page = gzip.decompress((base / "html" / f"{h}.html.gz").read_bytes())
         # No charset: the pages declare their own, as on the real web.
-        server.add(path, page, content_type="text/html")
+        # Compressed now, as a static server serves pre-compressed files: a benchmark
+        # run then measures the client, not this server compressing each page once.
+        server.add(path, page, content_type="text/html").gzipped()
         local = server.base_url + quote(path, safe="/:@!$&'()*+,;=-._~%")
         mounted[local] = {"hash": h, "url": truth[h]["url"], "articleBody": truth[h]["articleBody"]}
         items.append({"title": _page_title(page) or h, "link": local, "guid": h, "pub_date": ZYTE_PUB_DATE})

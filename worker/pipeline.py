@@ -2,6 +2,7 @@
 
     poll_feed:     fetch → parse → find new entries → record the outcome (one transaction)
     process_entry: canonicalise → fetch page → extract → dedupe → tag → store (one transaction)
+    prefetch_pages: the pages of several entries, fetched a few ahead in threads
 
 Each takes its HTTP client and database session as arguments; Celery tasks and the
 ``--inline`` CLI call the same functions."""
@@ -9,13 +10,15 @@ Each takes its HTTP client and database session as arguments; Celery tasks and t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import httpx
 from sqlmodel import Session
@@ -365,6 +368,47 @@ def fetch_page(client: httpx.Client, url: str, settings: Settings, polite: Optio
         raise
     except FetchError as exc:
         return Page(url, error=exc)
+
+
+PREFETCH = 2    # pages in flight ahead of extraction: more threads only contend for the GIL (4: 5% slower)
+
+
+def prefetch_pages(client: httpx.Client, entries: list[ParsedEntry], settings: Settings,
+                   polite: Optional[Politeness] = None, ahead: int = PREFETCH) -> Iterator[Page]:
+    """The entries' pages in order, fetched (and parsed) up to *ahead* at a time in
+    threads, so network waits overlap with extraction instead of adding to it.  Raises
+    ``HostBusy`` for a page whose host stayed busy; the pages after it are dropped."""
+    def fetch(entry: ParsedEntry) -> Page:
+        return parse_page(fetch_page(client, entry.link, settings, polite))
+
+    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="prefetch")
+    window: deque[Future[Page]] = deque()
+    todo = iter(entries)
+    try:
+        window.extend(pool.submit(fetch, entry) for entry in itertools.islice(todo, ahead))
+        while window:
+            page = window.popleft().result()
+            window.extend(pool.submit(fetch, entry) for entry in itertools.islice(todo, 1))
+            yield page
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)      # an abandoned window is not waited for
+
+
+def link_known_entries(session: Session, feed_id: int, entries: list[ParsedEntry],
+                       ) -> tuple[list[ParsedEntry], list[tuple[ParsedEntry, EntryResult]]]:
+    """Split *entries* into those still to fetch and those whose URL is stored already
+    (a redelivered task, another feed's copy), which are linked to the feed here: one
+    query for all, and no page fetched for nothing."""
+    canonical = [canonicalise(e.link) for e in entries]
+    known = store.known_url_map(session, canonical)
+    todo, linked = [], []
+    for entry, url in zip(entries, canonical):
+        if url in known:
+            store.link_feed(session, known[url], feed_id, entry.guid, entry.link)
+            linked.append((entry, EntryResult(known[url], False, canonical_url=url)))
+        else:
+            todo.append(entry)
+    return todo, linked
 
 
 def process_entry(

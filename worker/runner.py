@@ -3,12 +3,9 @@ polls for a worker or run the same core functions in this process."""
 
 from __future__ import annotations
 
-import itertools
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from sqlmodel import select
 
@@ -86,38 +83,15 @@ def wait(tasks: list[tuple[int, str]], timeout: float) -> Summary:
         join = rs.join_native if rs.supports_native_join else rs.join     # Redis: one subscription, no polling
         child_ids = []
         for r in join(timeout=timeout, propagate=False):
-            if isinstance(r, dict) and r.get("deferred_task"):
-                child_ids.append(r["deferred_task"])
-            elif isinstance(r, dict):
-                summary.articles_new += bool(r.get("created"))
-            else:
+            if not isinstance(r, dict):
                 summary.failures += 1
                 summary.details.append(f"article task failed: {r}")
+                continue
+            # a batch's results are under "articles"; its follow-ups (an entry retried
+            # alone, the rest deferred for a busy host) under "entry_tasks"
+            summary.articles_new += sum(bool(a.get("created")) for a in r.get("articles", [r]))
+            child_ids.extend(t for t in (r.get("deferred_task"), *(r.get("entry_tasks") or ())) if t)
     return summary
-
-
-PREFETCH = 4      # pages fetched ahead in threads while this thread extracts and stores
-
-
-def _fetch_and_parse(client: Any, url: str, settings: Any, polite: Any) -> Any:
-    from . import pipeline
-
-    return pipeline.parse_page(pipeline.fetch_page(client, url, settings, polite))
-
-
-def _prefetch(client: Any, entries: list[Any], settings: Any, polite: Any) -> Iterator[Any]:
-    """The entries' pages in order, fetched up to PREFETCH ahead, so network waits
-    overlap with extraction instead of adding to it."""
-    with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="prefetch") as pool:
-        window: deque[Future[Any]] = deque()
-        todo = iter(entries)
-        for entry in itertools.islice(todo, PREFETCH):
-            window.append(pool.submit(_fetch_and_parse, client, entry.link, settings, polite))
-        while window:
-            page = window.popleft().result()
-            for entry in itertools.islice(todo, 1):
-                window.append(pool.submit(_fetch_and_parse, client, entry.link, settings, polite))
-            yield page
 
 
 def run_inline(feed_ids: list[int], on_event: Optional[Callable[..., None]] = None) -> Summary:
@@ -144,7 +118,7 @@ def run_inline(feed_ids: list[int], on_event: Optional[Callable[..., None]] = No
                 summary.failures += 1
                 summary.details.append(f"feed {fid}: {o.status} — {o.error}")
             notify("entries", f"feed {fid}: {len(result.new_entries)} new entries", len(result.new_entries))
-            for entry, page in zip(result.new_entries, _prefetch(client, result.new_entries, settings, polite)):
+            for entry, page in zip(result.new_entries, pipeline.prefetch_pages(client, result.new_entries, settings, polite)):
                 with session_scope() as s:
                     r = pipeline.process_entry(s, client, fid, entry, tagger, settings, page=page,
                                                raw_feed_id=result.raw_feed_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from typing import Annotated, Literal, Optional
 
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     dispatch_max: int = 20_000           # polls one dispatcher run queues at most
     poll_batch: int = 25                 # feeds per poll task the dispatcher sends
     poll_threads: int = 16               # feed fetches in flight at once, per worker process
+    entry_batch: int = Field(8, ge=1, le=32)  # new entries per article task (their pages fetched ahead)
 
     # Redis broker: an unacknowledged message is redelivered after this long (seconds);
     # above the longest task limit plus the longest retry countdown.

@@ -48,6 +48,7 @@ class GuardedTask(app.Task):
                     starts = store.count_delivery(session, f"{req.id}:{req.retries or 0}")
             except OperationalError:
                 starts = 1                      # database down: the task itself will retry
+            req.starts = starts                 # process_entries splits a batch delivered again
             if starts > get_settings().max_deliveries:
                 error = (f"started {starts} times without finishing (worker killed or hard time limit each time); "
                          "set aside, not retried")
@@ -255,12 +256,13 @@ def _queue_entries(results: list[pipeline.PollResult], *, track: bool = True) ->
     round trip to the broker (with *track*, their results are kept for ``fetch
     --wait``), and log each failed poll in one line an operator can act on."""
     summaries = []
+    size = get_settings().entry_batch
     try:
         with app.producer_or_acquire() as producer, producer.batch():
             for result in results:
-                task_ids = [process_entry.apply_async(
-                    (result.feed_id, e.to_dict(), result.raw_feed_id), producer=producer, ignore_result=not track,
-                    argsrepr=f"({result.feed_id}, {e.link!r})", kwargsrepr="{}").id for e in result.new_entries]
+                entries = result.new_entries
+                task_ids = [_send_entries(result.feed_id, entries[i:i + size], result.raw_feed_id, producer=producer,
+                                          ignore_result=not track) for i in range(0, len(entries), size)]
                 summaries.append(_summary(result, task_ids))
     except (BrokerUnavailable, redis.RedisError, OSError):
         # The polls are committed but their new entries are not all queued: make those
@@ -273,6 +275,19 @@ def _queue_entries(results: list[pipeline.PollResult], *, track: bool = True) ->
                   "be polled in full when the broker is back", [r.feed_id for r in unqueued])
         raise
     return summaries
+
+
+def _send_entries(feed_id: int, entries: list[ParsedEntry], raw_feed_id: Optional[int], **options: Any) -> str:
+    """Queue entries of one feed for ``process_entries``; returns the task id."""
+    links = ", ".join(repr(e.link) for e in entries[:2]) + (f", … {len(entries)} in all" if len(entries) > 2 else "")
+    return process_entries.apply_async((feed_id, [e.to_dict() for e in entries], raw_feed_id),
+                                       argsrepr=f"({feed_id}, [{links}])", kwargsrepr="{}", **options).id
+
+
+def _send_entry(feed_id: int, entry: ParsedEntry, raw_feed_id: Optional[int], **options: Any) -> str:
+    """Queue one entry for ``process_entry`` (its own retries and time limits); returns the task id."""
+    return process_entry.apply_async((feed_id, entry.to_dict(), raw_feed_id), argsrepr=f"({feed_id}, {entry.link!r})",
+                                     kwargsrepr="{}", **options).id
 
 
 def _summary(result: pipeline.PollResult, task_ids: list[str]) -> dict[str, Any]:
@@ -302,9 +317,79 @@ def process_entry(self: Any, feed_id: int, entry: dict[str, Any], raw_feed_id: O
         raise self.retry(exc=exc, countdown=backoff(self.request.retries, exc.retry_after))
     except OperationalError as exc:
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
+    return _entry_done(feed_id, parsed, result)
+
+
+@app.task(base=GuardedTask, bind=True, soft_time_limit=600, time_limit=660, max_retries=8)
+def process_entries(self: Any, feed_id: int, entries: list[dict[str, Any]], raw_feed_id: Optional[int] = None,
+                    defers: int = 0) -> dict[str, Any]:
+    """Fetch, extract, deduplicate, tag and store new entries of one feed poll, one
+    transaction each, their pages fetched a few ahead in threads: a worker process
+    extracts one article while the next pages download, instead of idling on the
+    network.  What cannot finish here goes on as its own task: an entry whose page had a
+    temporary error (``process_entry``, with its retries), the entries of a host that
+    stayed busy (deferred together), the rest of a batch cut off by the time limit.  A
+    batch delivered again (its worker died or was stopped) is split into one
+    ``process_entry`` per entry, so an entry that kills its worker is set aside alone."""
+    settings = get_settings()
+    todo = [ParsedEntry.from_dict(e) for e in entries]
+    ignore_result = bool(getattr(self.request, "ignore_result", False))
+    if getattr(self.request, "starts", 1) > 1:
+        split = [_send_entry(feed_id, e, raw_feed_id, ignore_result=ignore_result) for e in todo]
+        log.warning("a batch of %d entries of feed %s was delivered again; split into one task per entry", len(todo),
+                    feed_id, extra={"feed_id": feed_id})
+        return {"feed_id": feed_id, "articles": [], "entry_tasks": split}
+    articles: list[dict[str, Any]] = []
+    follow: list[str] = []
+    done = 0        # entries of *todo* finished here
+    try:
+        # One session (one pooled connection) for the batch, one transaction per entry.
+        with session_scope() as session:
+            todo, linked = pipeline.link_known_entries(session, feed_id, todo)
+            session.commit()
+            for entry, result in linked:
+                articles.append(_entry_done(feed_id, entry, result))
+            client, polite, tagger = http_client(), politeness(), load_tagger()
+            ahead = max(1, min(pipeline.PREFETCH, settings.polite_max_concurrent))   # never more than the host allows
+            for entry, page in zip(todo, pipeline.prefetch_pages(client, todo, settings, polite, ahead)):
+                try:
+                    result = pipeline.process_entry(session, client, feed_id, entry, tagger, settings, page=page,
+                                                    fallback_on_temporary=False, raw_feed_id=raw_feed_id)
+                    session.commit()
+                except TemporaryFetchError as exc:     # tried again alone, as its first retry
+                    session.rollback()
+                    follow.append(_send_entry(feed_id, entry, raw_feed_id, ignore_result=ignore_result, retries=1,
+                                              countdown=backoff(0, exc.retry_after)))
+                else:
+                    articles.append(_entry_done(feed_id, entry, result))
+                done += 1
+    except HostBusy as exc:
+        rest = (feed_id, [e.to_dict() for e in todo[done:]], raw_feed_id)
+        follow.append(defer(process_entries, exc, rest, {"defers": defers})["deferred_task"])
+    except SoftTimeLimitExceeded:
+        if done == len(todo):
+            return {"feed_id": feed_id, "articles": articles, "entry_tasks": follow}
+        log.warning("feed %s: a batch of %d entries did not finish within %s s; the entry in hand (%s) and the %d "
+                    "after it go on as new tasks", feed_id, len(entries), self.soft_time_limit, todo[done].link,
+                    len(todo) - done - 1, extra={"feed_id": feed_id})
+        follow.append(_send_entry(feed_id, todo[done], raw_feed_id, ignore_result=ignore_result))
+        if todo[done + 1:]:
+            follow.append(_send_entries(feed_id, todo[done + 1:], raw_feed_id, ignore_result=ignore_result))
+    except OperationalError as exc:     # database unreachable: the entries not stored yet, later
+        raise self.retry(args=(feed_id, [e.to_dict() for e in todo[done:]], raw_feed_id), kwargs={"defers": defers},
+                         exc=exc, countdown=backoff(self.request.retries))
+    return {"feed_id": feed_id, "articles": articles, "entry_tasks": follow}
+
+
+def _entry_done(feed_id: int, entry: ParsedEntry, result: pipeline.EntryResult) -> dict[str, Any]:
+    """After an entry's commit: announce a new article, log one line an operator can
+    follow (feed, URL, article), and return the entry's result."""
     if result.created:      # after the commit: never announced for rolled-back work
         changes.publish_stored(result.article_id, result.canonical_url, result.tags)
-    return {"url": parsed.link, **asdict(result)}
+    log.info("%s %s article %s%s", entry.link, "stored as" if result.created else "already stored as",
+             result.article_id, f" (text from {result.text_source})" if result.text_source else "",
+             extra={"feed_id": feed_id, "article_id": result.article_id, "url": entry.link})
+    return {"url": entry.link, **asdict(result)}
 
 
 @app.task(base=GuardedTask, soft_time_limit=300, time_limit=360)
