@@ -264,16 +264,20 @@ def _queue_entries(results: list[pipeline.PollResult], *, track: bool = True) ->
                 task_ids = [_send_entries(result.feed_id, entries[i:i + size], result.raw_feed_id, producer=producer,
                                           ignore_result=not track) for i in range(0, len(entries), size)]
                 summaries.append(_summary(result, task_ids))
-    except (BrokerUnavailable, redis.RedisError, OSError):
+    except (BrokerUnavailable, redis.RedisError, OSError) as exc:
         # The polls are committed but their new entries are not all queued: make those
-        # feeds due again, without validators, so they are polled in full once the broker is back.
+        # feeds due again, without validators, so they are polled in full once the broker
+        # is back.  Nothing is lost, so the task itself has not failed.
         unqueued = [r for r in results if r.new_entries]
         with session_scope() as session:
             for result in unqueued:
                 store.reopen_feed(session, result.feed_id, utcnow())
-        log.error("the broker went away while queuing the new entries of feeds %s; they are due again and will "
-                  "be polled in full when the broker is back", [r.feed_id for r in unqueued])
-        raise
+        log.error("the broker went away while queuing the new entries of feeds %s (%s); they are due again and "
+                  "will be polled in full when the broker is back", [r.feed_id for r in unqueued], exc)
+        summaries += [_summary(r, []) for r in results[len(summaries):]]
+        for summary, result in zip(summaries, results):
+            if result.new_entries:      # sent in one batch at the end: none of them went out
+                summary.update(entry_tasks=[], error="new entries not queued (broker unavailable); the feed is due again")
     return summaries
 
 
