@@ -150,6 +150,45 @@ def test_cursor_pages_cover_every_row_once_in_order(db, q):
         assert scores == sorted(scores, reverse=True)
 
 
+def test_only_the_newest_matches_are_ranked_and_the_rest_follow_newest_first(db, monkeypatch):
+    """With a window of three, a search that matches six articles ranks the three newest by
+    relevance and lists the older three after them, newest first; a cursor walk keeps the
+    window its first page chose, even when a newer match is stored mid-walk."""
+    import worker.search
+
+    q = "defence or minister or savunma or обороны or wheat"
+    with session_scope(db) as s:
+        ranked_all, _ = query_articles(s, q=q, limit=100)
+    monkeypatch.setattr(worker.search, "RANK_WINDOW", 3)
+    with session_scope(db) as s:
+        windowed, _ = query_articles(s, q=q, limit=100)
+    ids = sorted((r["id"] for r in ranked_all), reverse=True)
+    assert len(ids) == 6
+    newest, older = ids[:3], ids[3:]
+    assert [r["id"] for r in windowed[3:]] == older and all(r["score"] == 0 for r in windowed[3:])
+    assert [r["id"] for r in windowed[:3]] == [r["id"] for r in ranked_all if r["id"] in newest]
+    assert all(r["score"] > 0 for r in windowed[:3])
+
+    with session_scope(db) as s:
+        first, cursor = query_articles(s, q=q, limit=2)
+        s.add(Article(url="https://news.example/newer", canonical_url="https://news.example/newer",
+                      title="Defence minister again", text="The defence minister spoke again.", language="en",
+                      text_source="page"))
+    try:
+        seen = [r["id"] for r in first]
+        while cursor:
+            with session_scope(db) as s:
+                page, cursor = query_articles(s, q=q, limit=2, cursor=cursor)
+            seen.extend(r["id"] for r in page)
+        # The walk kept its window: every match once, in the window's order (the newer match,
+        # ranked as it falls inside the window, may show up among them).
+        before = [r["id"] for r in windowed]
+        assert [i for i in seen if i in before] == before and len(set(seen)) == len(seen)
+    finally:
+        with session_scope(db) as s:
+            s.execute(sa.delete(Article).where(Article.canonical_url == "https://news.example/newer"))
+
+
 def test_rows_stored_after_a_page_do_not_shift_the_next_one(db):
     with session_scope(db) as s:
         first, cursor = query_articles(s, limit=2)

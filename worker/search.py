@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -23,6 +23,12 @@ from .models import Article
 # parsed with each, so a word matches whatever language its article was stemmed in.
 PG_CONFIGS = ("simple", "english", "russian", "turkish", "french", "german", "spanish", "italian",
               "portuguese", "dutch", "arabic")
+# Matches ranked by relevance: the newest this many of a search (with its filters); older
+# matches follow them, newest first.  Ranking reads every ranked article's index entry
+# (the tsvector, up to 100k characters of text): "minister" over 100,000 articles matched
+# 4,915 and took 70 ms to rank in full, and news readers want the recent ones anyway.
+RANK_WINDOW = 1000
+
 # FTS5 bm25 column weights (title, text): a title hit counts as much as ten in the body.
 _BM25_WEIGHTS = (10.0, 1.0)
 _TOKEN = re.compile(r'(-?)"([^"]*)"?|(\S+)')
@@ -76,6 +82,43 @@ def _fts5_search(match: str) -> Search:
     fts = sa.literal_column("articles_fts")
     return Search(condition=fts.op("MATCH")(match), score=-sa.func.bm25(fts, *_BM25_WEIGHTS),
                   join=(_FTS, _FTS.c.rowid == Article.id))
+
+
+def ranked_keys(session: Any, found: Search, filters: list[Any], after: Optional[dict[str, Any]],
+                limit: int) -> tuple[list[tuple[int, float]], int]:
+    """One page of (article id, score), best first, ties newest first, and the smallest id
+    ranked by relevance: that of the RANK_WINDOW-th newest match (0 when there are
+    fewer), kept in the cursor (*after*: ``score``, ``id``, ``from``) so one walk ranks one
+    set.  One statement: the matches are found once; only the window's are ranked (their
+    index entries read), the older ones follow with score 0."""
+    matches = sa.select(Article.id.label("id")).where(*filters, found.condition)
+    if found.join is not None:
+        matches = matches.join(*found.join)
+    matches = matches.cte("matches")
+    if session.get_bind().dialect.name == "postgresql":
+        # From the GIN index, all at once: left to itself the planner may walk the id index
+        # backwards testing each article's tsvector (66 ms for "minister" instead of 5).
+        matches = matches.prefix_with("MATERIALIZED")
+    if after is None:
+        newest = sa.select(matches.c.id).order_by(matches.c.id.desc()).limit(RANK_WINDOW).subquery()
+        window = sa.select(sa.case((sa.func.count() >= RANK_WINDOW, sa.func.min(newest.c.id)), else_=0)
+                           .label("start")).cte("window")
+    else:
+        window = sa.select(sa.literal(after.get("from", 0), sa.Integer).label("start")).cte("window")
+    start = sa.select(window.c.start).scalar_subquery()
+    ranked = sa.select(Article.id.label("id"), found.score.label("score")).where(
+        Article.id.in_(sa.select(matches.c.id).where(matches.c.id >= start)))
+    if found.join is not None:      # FTS5's bm25() is only defined beside its MATCH
+        ranked = ranked.join(*found.join).where(found.condition)
+    older = sa.select(matches.c.id.label("id"), sa.literal(0.0, sa.Float).label("score")).where(matches.c.id < start)
+    page = sa.union_all(ranked, older).subquery("page")
+    query = sa.select(page.c.id, page.c.score, start.label("start"))
+    if after:
+        query = query.where(sa.or_(page.c.score < after["score"],
+                                   sa.and_(page.c.score == after["score"], page.c.id < after["id"])))
+    rows = session.execute(query.order_by(page.c.score.desc(), page.c.id.desc()).limit(limit + 1)).all()
+    first = rows[0].start if rows else (after or {}).get("from", 0)
+    return [(r.id, r.score) for r in rows], first
 
 
 def fts5_query(query: str) -> str:

@@ -503,8 +503,9 @@ def query_articles(
     from . import search as fts
 
     # Ids and sort keys first (narrow rows: the sort never carries texts), whole rows after.
-    query = sa.select(Article.id).where(*_article_filters(**filters))
+    conds = _article_filters(**filters)
     if q is None:
+        query = sa.select(Article.id).where(*conds)
         key = decode_cursor(cursor, "id")
         if key:
             query = query.where(Article.id < key["id"])
@@ -512,15 +513,9 @@ def query_articles(
         nxt = encode_cursor("id", id=keys[limit - 1][0]) if len(keys) > limit else None
     else:
         found = fts.search(session, q)
-        query = query.add_columns(found.score).where(found.condition)
-        if found.join is not None:
-            query = query.join(*found.join)
-        key = decode_cursor(cursor, "rank")
-        if key:
-            query = query.where(sa.or_(found.score < key["score"],
-                                       sa.and_(found.score == key["score"], Article.id < key["id"])))
-        keys = session.execute(query.order_by(found.score.desc(), Article.id.desc()).limit(limit + 1)).all()
-        nxt = encode_cursor("rank", score=keys[limit - 1][1], id=keys[limit - 1][0]) if len(keys) > limit else None
+        keys, start = fts.ranked_keys(session, found, conds, decode_cursor(cursor, "rank"), limit)
+        nxt = (encode_cursor("rank", score=keys[limit - 1][1], id=keys[limit - 1][0], **{"from": start})
+               if len(keys) > limit else None)
     keys = keys[:limit]
     by_id = {r.id: r for r in
              session.execute(_articles_query().where(Article.id.in_([k[0] for k in keys]))).all()} if keys else {}
@@ -543,7 +538,7 @@ def decode_cursor(cursor: Optional[str], kind: str) -> Optional[dict[str, Any]]:
     try:
         key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         ok = key.get("k") == kind and isinstance(key.get("id"), int) and (
-            kind != "rank" or isinstance(key.get("score"), (int, float)))
+            kind != "rank" or (isinstance(key.get("score"), (int, float)) and isinstance(key.get("from", 0), int)))
     except (ValueError, TypeError, AttributeError):
         ok = False
     if not ok:
