@@ -302,3 +302,40 @@ def test_metrics_and_healthz_answer(site):
     r = site["client"].get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     assert get(site, "/healthz") == {"status": "ok", "database": "ok"}
+
+
+def test_api_server_processes_keep_nagle_off_on_client_connections():
+    """`newsworker api --workers N` binds its listener through uvicorn's Config.bind_socket;
+    with the guard the listener states TCP, so asyncio sets TCP_NODELAY on every accepted
+    connection (without it, each keep-alive request after the first waited for the
+    client's delayed ACK: Kludex/uvicorn#3149)."""
+    import asyncio
+    import socket
+
+    from uvicorn.config import Config
+
+    from worker.api.nodelay import guard_listener_protocol
+
+    guard_listener_protocol()
+    listener = Config(app="worker.api:create_app", host="127.0.0.1", port=0).bind_socket()
+    assert listener.proto == socket.IPPROTO_TCP
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        class Report(asyncio.Protocol):
+            def connection_made(self, transport):  # noqa: ANN001
+                sock = transport.get_extra_info("socket")
+                seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Report, sock=listener)
+        try:
+            _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+            return value
+        finally:
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) == 1

@@ -480,8 +480,10 @@ def api(
     """Serve the read-only HTTP API and the operator page (see docs/api.md)."""
     import uvicorn
 
+    from .api.nodelay import guard_listener_protocol
     from .logs import uvicorn_log_config
 
+    guard_listener_protocol()               # --workers N: keep-alive requests without a 40 ms stall
     config = uvicorn_log_config()           # JSON lines when NEWSWORKER_LOG_FORMAT=json
     # By import string: each server process builds its own app (engines are per process).
     uvicorn.run("worker.api:create_app", factory=True, host=host, port=port, workers=workers,
