@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import pytest
 import sqlalchemy as sa
 
-from tests.support.proc import ROOT, WorkerProcess, base_env, cli
+from tests.support.proc import ROOT, WorkerProcess, base_env, cli, fetch_through_worker
 from worker.devserver import build_rss
 
 pytestmark = pytest.mark.services
@@ -67,12 +67,7 @@ def test_entries_go_out_in_batches_and_a_temporary_failure_goes_on_alone(devserv
     after the Retry-After and stores it from the page; --wait follows that task too."""
     feed, paths = mount_feed(devserver, 7, failing={4})
     cli(batch_env, "feeds", "add", feed)
-    worker = WorkerProcess(batch_env, "--concurrency", "2", log=tmp_path / "worker.log")
-    try:
-        worker.wait_ready()
-        out = cli(batch_env, "fetch", "--all", "--wait", "--timeout", "300").stdout
-    finally:
-        worker.stop()
+    out, log = fetch_through_worker(batch_env, tmp_path / "worker.log")
     assert "feeds polled: 1, entries seen: 7, articles new: 7, failures: 0" in out, out
 
     articles = stored(own_db)
@@ -80,7 +75,6 @@ def test_entries_go_out_in_batches_and_a_temporary_failure_goes_on_alone(devserv
     assert {source for source, _ in articles.values()} == {"page"}      # story 4 too: from its page, later
     assert [r.status for r in devserver.requests if r.path == paths[4]] == [503, 200]
 
-    log = worker.log()
     batches = re.findall(r"process_entries\[([0-9a-f-]+)\] succeeded", log)
     assert len(batches) == 3, log[-3000:]
     alone = re.findall(r"process_entry\[([0-9a-f-]+)\] succeeded", log)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.support.proc import WorkerProcess, base_env, cli, jsonl
+from tests.support.proc import base_env, cli, fetch_through_worker, jsonl
 from worker.devserver import build_rss
 
 SEED = (Path(__file__).parent / "fixtures" / "seed_story.txt").read_text().strip().split("\n\n")
@@ -105,12 +105,7 @@ def test_concurrent_workers_storing_copies_end_with_one_story(tmp_path, devserve
     items += [("/copy" + path, title, paras) for path, title, paras in variants()[:1]]
     feed = serve(devserver, items, datetime(2024, 1, 17, 12, 0, tzinfo=timezone.utc))
     cli(env, "feeds", "add", feed)
-    worker = WorkerProcess(env, "--concurrency", "2", log=tmp_path / "worker.log")
-    try:
-        worker.wait_ready()
-        out = cli(env, "fetch", "--all", "--wait", "--timeout", "300").stdout
-    finally:
-        worker.stop()
+    out, _ = fetch_through_worker(env, tmp_path / "worker.log")
     assert "failures: 0" in out, out
     with engine.connect() as db:
         # Exact copies (same text at two URLs) are one article; near copies one story.

@@ -127,3 +127,15 @@ class BeatProcess(WorkerProcess):
     command = ("beat",)
     ready_marker = "beat: Starting..."
     what = "beat"
+
+
+def fetch_through_worker(env: dict[str, str], log: Path, *fetch_args: str) -> tuple[str, str]:
+    """Start a worker (two processes), run ``newsworker fetch … --wait`` through it (by
+    default ``--all``), stop it; returns (the fetch's output, the worker's log)."""
+    worker = WorkerProcess(env, "--concurrency", "2", log=log)
+    try:
+        worker.wait_ready()
+        out = cli(env, "fetch", *(fetch_args or ("--all",)), "--wait", "--timeout", "300").stdout
+    finally:
+        worker.stop()
+    return out, worker.log()
