@@ -116,3 +116,46 @@ def test_a_batch_of_stored_entries_links_them_without_fetching(devserver, batch_
     engine.dispose()
     assert [tuple(r) for r in links] == [(1, 4), (2, 4)]
     assert len(re.findall(r" already stored as article \d+", worker.log())) == 4
+
+
+def test_an_entry_that_fails_unexpectedly_goes_on_alone_and_the_rest_are_stored(devserver, tmp_path, redis_url):
+    """An entry whose processing raises something unforeseen (a page that trips a parser
+    bug) must not take its batch with it: the others are stored, it is queued as its own
+    process_entry task (which sets it aside alone if it fails again).  The task body is
+    called directly, in a process of its own, with one entry made to fail."""
+    import redis as redis_lib
+
+    feed, paths = mount_feed(devserver, 3)
+    env = base_env(tmp_path, database_url=f"sqlite:///{tmp_path}/batch.db", broker_url=redis_url,
+                   result_backend=redis_url, allowed_private_hosts=devserver.host_port)
+    cli(env, "db", "upgrade")
+    cli(env, "feeds", "add", "--no-discover", feed)
+    broken = devserver.base_url + paths[1]
+    code = ("import json, sys\n"
+            "import logging; logging.basicConfig(level=logging.INFO)\n"
+            "from worker import pipeline, tasks\n"
+            "real = pipeline.process_entry\n"
+            "def flaky(session, client, feed_id, entry, *a, **k):\n"
+            "    if entry.link == sys.argv[2]:\n"
+            "        raise ValueError('a parser bug')\n"
+            "    return real(session, client, feed_id, entry, *a, **k)\n"
+            "pipeline.process_entry = flaky\n"
+            "print(json.dumps(tasks.process_entries.run(1, json.loads(sys.argv[1]))))\n")
+    entries = [{"link": devserver.base_url + p, "guid": p} for p in paths]
+    broker = redis_lib.Redis.from_url(redis_url)
+    broker.delete("articles")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(entries), broken], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        queued = [json.loads(m) for m in broker.lrange("articles", 0, -1)]
+    finally:
+        broker.delete("articles")
+        broker.close()
+    assert sorted(a["url"] for a in result["articles"]) == sorted(e["link"] for e in entries if e["link"] != broken)
+    assert all(a["created"] for a in result["articles"]) and len(result["entry_tasks"]) == 1
+    assert [(m["headers"]["task"], m["headers"]["id"]) for m in queued] == \
+        [("worker.tasks.process_entry", result["entry_tasks"][0])]
+    assert f"{broken}: storing this entry failed; it goes on as a task of its own" in done.stderr
+    assert "ValueError: a parser bug" in done.stderr

@@ -118,7 +118,8 @@ def run_inline(feed_ids: list[int], on_event: Optional[Callable[..., None]] = No
                 summary.failures += 1
                 summary.details.append(f"feed {fid}: {o.status} — {o.error}")
             notify("entries", f"feed {fid}: {len(result.new_entries)} new entries", len(result.new_entries))
-            for entry, page in zip(result.new_entries, pipeline.prefetch_pages(client, result.new_entries, settings, polite)):
+            pages = pipeline.prefetch_pages(client, result.new_entries, settings, polite)
+            for entry, page in zip(result.new_entries, pages):
                 with session_scope() as s:
                     r = pipeline.process_entry(s, client, fid, entry, tagger, settings, page=page,
                                                raw_feed_id=result.raw_feed_id)

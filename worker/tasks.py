@@ -364,6 +364,14 @@ def process_entries(self: Any, feed_id: int, entries: list[dict[str, Any]], raw_
                     session.rollback()
                     follow.append(_send_entry(feed_id, entry, raw_feed_id, ignore_result=ignore_result, retries=1,
                                               countdown=backoff(0, exc.retry_after)))
+                except (OperationalError, SoftTimeLimitExceeded):
+                    raise
+                except Exception:       # noqa: BLE001 - this entry's own failure: it goes on alone
+                    session.rollback()
+                    log.exception("%s: storing this entry failed; it goes on as a task of its own (set aside in "
+                                  "the dead letters if it fails again)", entry.link,
+                                  extra={"feed_id": feed_id, "url": entry.link})
+                    follow.append(_send_entry(feed_id, entry, raw_feed_id, ignore_result=ignore_result))
                 else:
                     articles.append(_entry_done(feed_id, entry, result))
                 done += 1
