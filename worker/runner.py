@@ -119,12 +119,13 @@ def run_inline(feed_ids: list[int], on_event: Optional[Callable[..., None]] = No
                 summary.details.append(f"feed {fid}: {o.status} — {o.error}")
             notify("entries", f"feed {fid}: {len(result.new_entries)} new entries", len(result.new_entries))
             pages = pipeline.prefetch_pages(client, result.new_entries, settings, polite)
-            for entry, page in zip(result.new_entries, pages):
-                with session_scope() as s:
+            with session_scope() as s:          # one connection, a transaction per entry
+                for entry, page in zip(result.new_entries, pages):
                     r = pipeline.process_entry(s, client, fid, entry, tagger, settings, page=page,
                                                raw_feed_id=result.raw_feed_id)
-                summary.articles_new += r.created
-                notify("entry", entry.link)
+                    s.commit()
+                    summary.articles_new += r.created
+                    notify("entry", entry.link)
             notify("feed", f"feed {fid}: {o.status}")
     return summary
 
