@@ -181,7 +181,6 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self.wfile.write(body)
 
-
     def _route_response(self, route: Route) -> tuple[int, bytes, str, dict[str, str]]:
         """Status, body, content type and headers of *route* for this request: 304 when
         the request's validators match, gzip when it accepts it."""
