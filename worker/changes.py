@@ -237,7 +237,7 @@ def _redis_client(url: str) -> Any:
 
 
 def publish_stored(article_id: int, canonical_url: Optional[str], tags: Sequence[str]) -> bool:
-    """After the commit that stored a new article (its canonical URL and tag names as the
+    """After the commit that stored a new article (its canonical URL and sorted tag names as the
     task stored them: no second read): publish ``{"article_id", "kind": "stored", "url",
     "tags": [names]}`` on ``newsworker:articles`` when the broker is Redis (nothing on the
     embedded default).  A failure is logged, never raised: the article is stored and the
@@ -248,7 +248,7 @@ def publish_stored(article_id: int, canonical_url: Optional[str], tags: Sequence
     if not url.startswith(("redis://", "rediss://")):
         return False
     try:
-        message = {"article_id": article_id, "kind": "stored", "url": canonical_url, "tags": sorted(tags)}
+        message = {"article_id": article_id, "kind": "stored", "url": canonical_url, "tags": list(tags)}
         _redis_client(url).publish(REDIS_CHANNEL, json.dumps(message, ensure_ascii=False))
         return True
     except Exception as exc:      # noqa: BLE001 - a notification must never fail the stored article's task

@@ -277,10 +277,7 @@ def record_interrupted_poll(session: Session, feed_id: int, error: str, settings
 def _new_entries(session: Session, feed_id: int, entries: list[ParsedEntry]) -> list[ParsedEntry]:
     """Entries whose canonical URL is not stored yet.  Stored ones are linked to this
     feed too: an article can be reached from several feeds."""
-    by_url = {canonicalise(e.link): e for e in entries}
-    known = store.known_url_map(session, list(by_url))
-    store.link_feed_many(session, feed_id, {aid: (by_url[u].guid, by_url[u].link) for u, aid in known.items()})
-    return [e for u, e in by_url.items() if u not in known]
+    return link_known_entries(session, feed_id, entries)[0]
 
 
 @dataclass
@@ -376,8 +373,11 @@ PREFETCH = 2    # pages in flight ahead of extraction: more threads only contend
 def prefetch_pages(client: httpx.Client, entries: list[ParsedEntry], settings: Settings,
                    polite: Optional[Politeness] = None, ahead: int = PREFETCH) -> Iterator[Page]:
     """The entries' pages in order, fetched (and parsed) up to *ahead* at a time in
-    threads, so network waits overlap with extraction instead of adding to it.  Raises
-    ``HostBusy`` for a page whose host stayed busy; the pages after it are dropped."""
+    threads (never more than a host's politeness lets in flight), so network waits
+    overlap with extraction instead of adding to it.  Raises ``HostBusy`` for a page
+    whose host stayed busy; the pages after it are dropped."""
+    ahead = max(1, min(ahead, settings.polite_max_concurrent))
+
     def fetch(entry: ParsedEntry) -> Page:
         return parse_page(fetch_page(client, entry.link, settings, polite))
 
@@ -396,18 +396,14 @@ def prefetch_pages(client: httpx.Client, entries: list[ParsedEntry], settings: S
 
 def link_known_entries(session: Session, feed_id: int, entries: list[ParsedEntry],
                        ) -> tuple[list[ParsedEntry], list[tuple[ParsedEntry, EntryResult]]]:
-    """Split *entries* into those still to fetch and those whose URL is stored already
-    (a redelivered task, another feed's copy), which are linked to the feed here: one
-    query for all, and no page fetched for nothing."""
-    canonical = [canonicalise(e.link) for e in entries]
-    known = store.known_url_map(session, canonical)
-    todo, linked = [], []
-    for entry, url in zip(entries, canonical):
-        if url in known:
-            store.link_feed(session, known[url], feed_id, entry.guid, entry.link)
-            linked.append((entry, EntryResult(known[url], False, canonical_url=url)))
-        else:
-            todo.append(entry)
+    """Split *entries* (one per canonical URL, the first kept) into those still to fetch
+    and those whose URL is stored already (a redelivered task, another feed's copy),
+    which are linked to the feed here: one query to look them up, one to link them."""
+    by_url = {canonicalise(e.link): e for e in entries}
+    known = store.known_url_map(session, list(by_url))
+    store.link_feed_many(session, feed_id, {aid: (by_url[u].guid, by_url[u].link) for u, aid in known.items()})
+    todo = [e for u, e in by_url.items() if u not in known]
+    linked = [(by_url[u], EntryResult(aid, False, canonical_url=u)) for u, aid in known.items()]
     return todo, linked
 
 

@@ -354,8 +354,7 @@ def process_entries(self: Any, feed_id: int, entries: list[dict[str, Any]], raw_
             for entry, result in linked:
                 articles.append(_entry_done(feed_id, entry, result))
             client, polite, tagger = http_client(), politeness(), load_tagger()
-            ahead = max(1, min(pipeline.PREFETCH, settings.polite_max_concurrent))   # never more than the host allows
-            for entry, page in zip(todo, pipeline.prefetch_pages(client, todo, settings, polite, ahead)):
+            for entry, page in zip(todo, pipeline.prefetch_pages(client, todo, settings, polite)):
                 try:
                     result = pipeline.process_entry(session, client, feed_id, entry, tagger, settings, page=page,
                                                     fallback_on_temporary=False, raw_feed_id=raw_feed_id)
