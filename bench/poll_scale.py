@@ -59,6 +59,20 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+MIN_DELAY = 1.0     # the default politeness delay the bench runs with
+SLOW = 0.3          # fakehosts' slow answer
+
+
+def politeness_bound(hosts: int, feeds: int) -> float:
+    """The shortest possible cycle under the per-host limit: each host's requests one
+    after another, MIN_DELAY from the end of one to the start of the next."""
+    busy: dict[int, float] = Counter()
+    for i in range(feeds):
+        slow = SLOW if fakehosts.kind_of(i) == fakehosts.KIND_SLOW else 0.0
+        busy[fakehosts.host_of(i, hosts, feeds)] += MIN_DELAY + slow
+    return max(busy.values()) - MIN_DELAY
+
+
 def host_stats(control: int) -> dict[int, dict]:
     with urllib.request.urlopen(f"http://127.0.0.1:{control}/stats", timeout=30) as r:
         return {int(p): s for p, s in json.load(r).items()}
@@ -163,6 +177,8 @@ def main() -> None:
     print(f"CPU: worker processes {cpu[0]:.1f} s ({1000 * cpu[0] / max(polled, 1):.2f} ms a feed), "
           f"the fake hosts {cpu[1]:.1f} s, of {2 * cycle:.0f} core-seconds in the cycle")
     print(f"first poll started {first_last[0]}, last finished {first_last[1]}")
+    print(f"the per-host limit alone holds a cycle to at least {politeness_bound(args.hosts, args.feeds):.1f} s "
+          f"(the busiest host's feeds one after another, {MIN_DELAY:.0f} s apart, slow answers included)")
     if polled < args.feeds:
         print(f"NOT FINISHED: {args.feeds - polled} feeds without a poll; worker log: {var / 'worker.log'}")
         sys.exit(1)

@@ -189,3 +189,43 @@ def test_disabled_feed_is_enabled_again_from_the_cli(tmp_path, devserver):
     assert "enabled feed 1" in cli(env, "feeds", "enable", "1").stdout
     listed = cli(env, "feeds", "list", "--json").stdout
     assert '"enabled": true' in listed and '"permanent_failures": 0' in listed
+
+
+@pytest.mark.parametrize("min_delay, waited", [(0.3, True), (pipeline.SHORT_WAIT + 3, False)])
+def test_a_batch_waits_briefly_on_its_threads_for_a_host_it_just_asked(setup, devserver, min_delay, waited):
+    """Feeds of one host in one batch: a politeness delay within SHORT_WAIT is waited for
+    on the fetch threads (every feed polled, the delay kept; one the batch stops waiting
+    for is recorded late); a longer one leaves the feed to be deferred."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.politeness import make_politeness
+
+    settings, client, url = setup
+    settings = settings.model_copy(update={"polite_min_delay": min_delay, "polite_max_concurrent": 2})
+    paths = [f"/same-host-{i}.xml" for i in range(3)]
+    with session_scope(url) as s:
+        ids = []
+        for path in paths:
+            devserver.add(path, b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>',
+                          content_type="application/rss+xml")
+            ids.append(store.add_feed(s, devserver.base_url + path)[0].id)
+    devserver.clear_requests()
+    polite = make_politeness(settings, client, None)
+    with ThreadPoolExecutor(4) as pool:
+        with session_scope(url) as s:
+            batch = pipeline.poll_feeds(s, client, ids, settings, polite, pool, patience=100)
+        late = []
+        for future, feed_id in batch.late.items():
+            with session_scope(url) as s:
+                late.append(pipeline.record_late(s, client, feed_id, future.result(), settings))
+    starts = sorted(r.at for r in devserver.requests if r.path in paths)
+    if waited:
+        assert batch.busy == []
+        assert sorted(r.feed_id for r in batch.results + late) == ids
+        assert len(starts) == 3 and min(b - a for a, b in zip(starts, starts[1:])) >= min_delay
+        with session_scope(url) as s:
+            assert sorted(s.exec(select(FetchEvent.feed_id)).all()) == ids
+    else:
+        assert len(batch.results) == 1 and len(starts) == 1
+        assert [exc.wait.reason for _, exc in batch.busy] == ["delay", "delay"]
+        assert all(exc.retry_after > pipeline.SHORT_WAIT for _, exc in batch.busy)

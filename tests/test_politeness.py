@@ -25,7 +25,7 @@ from tests.support.services import ensure_redis, free_port
 from worker import http
 from worker.errors import TemporaryFetchError
 from worker.politeness import (HostBusy, HostLimiter, Lease, LocalHostLimiter, PolitenessUnavailable,
-                               RedisHostLimiter, Wait, host_key)
+                               RedisHostLimiter, Wait, group_by_wait, host_key)
 from worker.robots import (MAX_ROBOTS_BYTES, RobotsCache, RobotsDisallowed, http_fetcher, product_token,
                            truncate)
 from worker.settings import Settings
@@ -508,3 +508,16 @@ def test_robots_crawl_delay_request_rate_and_product_token():
     assert product_token(UA) == "newsworker"
     assert product_token("Mozilla/5.0 (compatible)") == "mozilla"
     assert robots.allowed("https://c.example/robots.txt")
+
+
+def test_busy_feeds_are_deferred_in_groups_of_similar_waits():
+    def busy(feed_id: int, seconds: float, host: str) -> tuple[int, HostBusy]:
+        return feed_id, HostBusy(f"http://{host}/f.xml", Wait(host, seconds, "delay"), 0.0)
+
+    items = [busy(1, 0.4, "a"), busy(2, 120, "b"), busy(3, 0.9, "c"), busy(4, 1.5, "d"), busy(5, 0.1, "e"),
+             busy(6, 100, "f")]
+    groups = group_by_wait(items)
+    # one message per group, sent with its longest wait: at most twice what any member needs
+    assert [[feed_id for feed_id, _ in g] for g in groups] == [[5, 1, 3], [4], [6, 2]]
+    assert all(g[-1][1].retry_after <= 2 * max(1.0, g[0][1].retry_after) for g in groups)
+    assert group_by_wait([]) == []

@@ -104,6 +104,9 @@ class BatchPoll:
     late: dict[Future, int] = field(default_factory=dict)
 
 
+SHORT_WAIT = 2.0        # seconds a batch's fetch may wait on its thread for its host's delay
+
+
 def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], settings: Settings,
                polite: Optional[Politeness], pool: Executor, *, patience: float = 3.0) -> BatchPoll:
     """Poll a batch of feeds: fetched on *pool*'s threads, each result recorded in
@@ -111,19 +114,23 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
     must be parsed gets a savepoint, so a failure there loses only that feed's poll).
 
     A slow host must not hold the batch: once half the feeds are in, the rest get
-    *patience* times as long again; fetches still running then are returned in ``late``
-    (their feeds stay claimed) for the caller to record when they finish, see
-    :func:`record_late`."""
+    *patience* times as long again; fetches still running then (or still waiting for
+    their host's delay) are returned in ``late`` (their feeds stay claimed) for the caller
+    to record when they finish, see :func:`record_late`."""
     feeds = store.get_feeds(session, feed_ids)
     batch = BatchPoll()
     writes = PollWrites()
     started = time.monotonic()
-    # One round trip for every host's slot; a busy host is not waited for (that would hold
-    # the whole batch): its feed is deferred.
+    # One round trip for every host's slot.  A host asked a moment ago is waited for on
+    # the fetch's thread (briefly); one with all its slots taken, or that asked us to back
+    # off, is not waited for (that would hold the whole batch): its feed is deferred.
     grants, limiter = polite.acquire_many([f.url for f in feeds]) if polite else ([None] * len(feeds), None)
     futures: dict[Future, Feed] = {}
     for feed, grant in zip(feeds, grants):
-        if isinstance(grant, Wait):
+        if isinstance(grant, Wait) and grant.reason == "delay" and grant.seconds <= SHORT_WAIT:
+            # Its host was asked a moment ago: wait on the fetch's thread, not in a new message.
+            futures[pool.submit(fetch_feed, client, feed, settings, polite, max_wait=SHORT_WAIT)] = feed
+        elif isinstance(grant, Wait):
             batch.busy.append((feed.id, HostBusy(feed.url, grant, 0.0)))
         else:
             futures[pool.submit(fetch_feed, client, feed, settings, None, grant, limiter)] = feed
@@ -150,7 +157,11 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
 
 def _record_in_batch(session: Session, client: httpx.Client, feed: Feed, future: Future, settings: Settings,
                      batch: BatchPoll, writes: PollWrites) -> None:
-    fetched = future.result()       # fetch_feed raises nothing but HostBusy, and it holds its slot here
+    try:
+        fetched = future.result()       # fetch_feed raises nothing but HostBusy
+    except HostBusy as exc:
+        batch.busy.append((feed.id, exc))
+        return
     # Only a body to parse needs a savepoint; pysqlite's are unreliable, so none on SQLite.
     if (fetched.response is None or fetched.response.not_modified
             or session.get_bind().dialect.name == "sqlite"):
@@ -172,16 +183,17 @@ def record_late(session: Session, client: httpx.Client, feed_id: int, fetched: F
 
 
 def fetch_feed(client: httpx.Client, feed: Feed, settings: Settings, polite: Optional[Politeness] = None,
-               lease: Optional[Lease] = None, limiter: Optional[HostLimiter] = None) -> FeedFetch:
+               lease: Optional[Lease] = None, limiter: Optional[HostLimiter] = None, *,
+               max_wait: Optional[float] = None) -> FeedFetch:
     """GET the feed conditionally, within its host's politeness limit (a slot from
-    *polite*, or *lease* from *limiter*, released here); touches no database (safe on
-    any thread).  Raises only ``HostBusy``."""
+    *polite*, waited for at most *max_wait*, or *lease* from *limiter*, released here);
+    touches no database (safe on any thread).  Raises only ``HostBusy``."""
     started = utcnow()
     t0 = time.perf_counter()
     if lease is not None and limiter is not None:
         gate: Any = limiter.held(lease, feed.url)
     else:
-        gate = polite.gate(feed.url) if polite else nullcontext()
+        gate = polite.gate(feed.url, max_wait=max_wait) if polite else nullcontext()
     try:
         with gate:
             response = http.get(

@@ -17,6 +17,7 @@ so a Celery task can re-queue itself with a countdown instead of holding a worke
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -74,6 +75,19 @@ def interleave_hosts(items: Iterable[tuple[int, str]]) -> list[int]:
             key = ""
         by_host.setdefault(key, []).append(item_id)
     return [i for round_ in zip_longest(*by_host.values()) for i in round_ if i is not None]
+
+
+def group_by_wait(busy: Iterable[tuple[int, HostBusy]]) -> list[list[tuple[int, HostBusy]]]:
+    """Busy items grouped by how long their hosts ask them to wait, in doubling windows
+    (up to 1 s, 1-2 s, 2-4 s, ...), longest wait last in each group: one deferred
+    message per group waits at most twice as long as its most patient item needs,
+    instead of one message per host (a batch that ran into its own hosts' delay
+    would otherwise come back as 25 single-feed polls)."""
+    groups: dict[int, list[tuple[int, HostBusy]]] = {}
+    for item in busy:
+        wait = item[1].retry_after or 0.0
+        groups.setdefault(max(0, math.ceil(math.log2(wait))) if wait > 1 else 0, []).append(item)
+    return [sorted(g, key=lambda item: item[1].retry_after or 0.0) for _, g in sorted(groups.items())]
 
 
 @dataclass(frozen=True)
@@ -447,24 +461,26 @@ class Politeness:
     fallback: Optional[HostLimiter] = None   # used while the shared limiter is unreachable
 
     @contextmanager
-    def gate(self, url: str, *, page: bool = False) -> Iterator[None]:
-        """Hold a slot of *url*'s host for the body of the ``with``.  For article pages
-        (*page*), robots.txt is checked first (``RobotsDisallowed``) and its Crawl-delay
-        honoured.  While Redis is unreachable the limits hold per process (*fallback*):
-        the tasks in flight finish instead of failing their feeds."""
+    def gate(self, url: str, *, page: bool = False, max_wait: Optional[float] = None) -> Iterator[None]:
+        """Hold a slot of *url*'s host for the body of the ``with``, waiting at most
+        *max_wait* (default ``self.max_wait``) for it.  For article pages (*page*),
+        robots.txt is checked first (``RobotsDisallowed``) and its Crawl-delay honoured.
+        While Redis is unreachable the limits hold per process (*fallback*): the tasks in
+        flight finish instead of failing their feeds."""
         delay = None
+        max_wait = self.max_wait if max_wait is None else max_wait
         if page and self.robots is not None:
             self.robots.check(url)
             asked = self.robots.crawl_delay(url)
             delay = min(asked, self.max_crawl_delay) if asked else None
         with ExitStack() as stack:
             try:
-                stack.enter_context(self.limiter.slot(url, max_wait=self.max_wait, min_delay=delay))
+                stack.enter_context(self.limiter.slot(url, max_wait=max_wait, min_delay=delay))
             except PolitenessUnavailable as exc:
                 if self.fallback is None:
                     raise
                 log.warning("%s; limiting %s in this process until it is back", exc.reason, host_key(url))
-                stack.enter_context(self.fallback.slot(url, max_wait=self.max_wait, min_delay=delay))
+                stack.enter_context(self.fallback.slot(url, max_wait=max_wait, min_delay=delay))
             yield
 
 

@@ -26,7 +26,7 @@ from .db import session_scope
 from .errors import FeedNotFound, TemporaryFetchError
 from .feeds import ParsedEntry
 from .http import make_client
-from .politeness import HostBusy, Politeness, interleave_hosts, make_politeness
+from .politeness import HostBusy, Politeness, group_by_wait, interleave_hosts, make_politeness
 from .models import utcnow
 from .settings import get_settings
 from .tagging import load_tagger
@@ -191,7 +191,8 @@ def poll_feeds(self: Any, feed_ids: list[int], defers: int = 0) -> dict[str, int
     (a poll mostly waits on the network), recorded in one transaction, then their new
     entries queued.  One message and one commit per batch instead of per feed keeps the
     broker's, Celery's and the database's share of an unchanged feed's poll small.  The
-    feeds whose host was busy are deferred, one batch per host, until it is free."""
+    feeds whose host was busy are deferred until it is free, those that may go at about
+    the same time together (:func:`politeness.group_by_wait`)."""
     settings = get_settings()
     try:
         with session_scope() as session:
@@ -206,14 +207,11 @@ def poll_feeds(self: Any, feed_ids: list[int], defers: int = 0) -> dict[str, int
     except OperationalError as exc:      # database unreachable: the whole batch again later
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
     for future, feed_id in batch.late.items():      # finish on the pool's threads, after this commit
-        future.add_done_callback(functools.partial(_record_late, feed_id))
+        future.add_done_callback(functools.partial(_record_late, feed_id, defers))
     if batch.busy:
         _keep_claims([feed_id for feed_id, _ in batch.busy])
-    by_host: dict[str, list[tuple[int, HostBusy]]] = {}
-    for feed_id, exc in batch.busy:     # still claimed; polled once their host is free
-        by_host.setdefault(exc.host, []).append((feed_id, exc))
-    for waiting in by_host.values():
-        defer(poll_feeds, waiting[0][1], ([feed_id for feed_id, _ in waiting],), {"defers": defers})
+    for waiting in group_by_wait(batch.busy):     # still claimed; polled once their hosts are free
+        defer(poll_feeds, waiting[-1][1], ([feed_id for feed_id, _ in waiting],), {"defers": defers})
     statuses = Counter(summary["status"] for summary in _queue_entries(batch.results, track=False))
     statuses["deferred"] += len(batch.busy)
     statuses["late"] += len(batch.late)
@@ -227,11 +225,20 @@ def _keep_claims(feed_ids: list[int]) -> None:
         store.renew_claims(session, feed_ids, utcnow())
 
 
-def _record_late(feed_id: int, future: Future) -> None:
-    """A fetch its batch stopped waiting for: record it in its own transaction.  If this
-    process dies first, the feed's claim expires and it is polled again."""
+def _record_late(feed_id: int, defers: int, future: Future) -> None:
+    """A fetch its batch stopped waiting for: record it in its own transaction (or defer
+    it if its host stayed busy).  If this process dies first, the feed's claim expires
+    and it is polled again."""
     try:
-        fetched = future.result()       # (its slot was taken with the batch: never HostBusy here)
+        fetched = future.result()
+    except HostBusy as exc:     # it waited on its thread for a host that stayed busy
+        try:
+            _keep_claims([feed_id])
+            defer(poll_feeds, exc, ([feed_id],), {"defers": defers})
+        except Exception:
+            log.exception("feed %s: could not defer a poll whose host stayed busy; polled again after "
+                          "NEWSWORKER_CLAIM_TIMEOUT", feed_id, extra={"feed_id": feed_id})
+        return
     except BaseException:       # cancelled (time limit) or a bug: the claim expires, the feed is polled again
         log.exception("feed %s: a late poll did not finish; polled again after NEWSWORKER_CLAIM_TIMEOUT", feed_id,
                       extra={"feed_id": feed_id})       # a pool thread: no task log context
