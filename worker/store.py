@@ -517,8 +517,9 @@ def query_articles(
         nxt = (encode_cursor("rank", score=keys[limit - 1][1], id=keys[limit - 1][0], **{"from": start})
                if len(keys) > limit else None)
     keys = keys[:limit]
+    conn = session.connection()     # Core, not the ORM's execution path: these are plain rows
     by_id = {r.id: r for r in
-             session.execute(_articles_query().where(Article.id.in_([k[0] for k in keys]))).all()} if keys else {}
+             conn.execute(_articles_query().where(Article.id.in_([k[0] for k in keys]))).all()} if keys else {}
     out = _article_dicts(session, [by_id[k[0]] for k in keys])
     if q is not None:
         for d, k in zip(out, keys):
@@ -557,10 +558,11 @@ def _article_dicts(session: Session, rows: Sequence[Any]) -> list[dict[str, Any]
     tags: dict[int, list[Any]] = {}
     entities: dict[int, list[Any]] = {}
     if ids:
-        for t in session.execute(sa.select(*_TAG_COLUMNS).where(Tag.article_id.in_(ids))
+        conn = session.connection()     # Core rows: the ORM's execution path costs more than the query
+        for t in conn.execute(sa.select(*_TAG_COLUMNS).where(Tag.article_id.in_(ids))
                                  .order_by(Tag.article_id, Tag.score.desc())).all():
             tags.setdefault(t.article_id, []).append(t)
-        for e in session.execute(sa.select(*_ENTITY_COLUMNS).where(ArticleEntity.article_id.in_(ids))
+        for e in conn.execute(sa.select(*_ENTITY_COLUMNS).where(ArticleEntity.article_id.in_(ids))
                                  .order_by(ArticleEntity.article_id, ArticleEntity.mentions.desc(), ArticleEntity.id)).all():
             entities.setdefault(e.article_id, []).append(e)
     return [article_dict(r, r.feed_url, tags.get(r.id, []), entities.get(r.id, [])) for r in rows]
