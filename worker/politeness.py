@@ -79,10 +79,10 @@ def interleave_hosts(items: Iterable[tuple[int, str]]) -> list[int]:
 
 def group_by_wait(busy: Iterable[tuple[int, HostBusy]]) -> list[list[tuple[int, HostBusy]]]:
     """Busy items grouped by how long their hosts ask them to wait, in doubling windows
-    (up to 1 s, 1-2 s, 2-4 s, ...), longest wait last in each group: one deferred
-    message per group waits at most twice as long as its most patient item needs,
-    instead of one message per host (a batch that ran into its own hosts' delay
-    would otherwise come back as 25 single-feed polls)."""
+    (up to 1 s, 1-2 s, 2-4 s, ...), longest wait last in each group.  One deferred
+    message per group, sent with that longest wait, holds each item back at most twice
+    what it needs (or 1 s), instead of one message per host: a batch that ran into its
+    own hosts' delays would otherwise come back as 25 single-feed polls."""
     groups: dict[int, list[tuple[int, HostBusy]]] = {}
     for item in busy:
         wait = item[1].retry_after or 0.0
