@@ -35,6 +35,9 @@ KIND_UNCHANGED, KIND_NEW, KIND_SAME_BODY, KIND_500, KIND_404, KIND_429, KIND_SLO
     "unchanged", "new", "same_body", "error_500", "gone_404", "throttled_429", "slow")
 
 
+SLOW_SECONDS = 0.3      # how late a slow feed answers
+
+
 def kind_of(i: int) -> str:
     r = i % 100
     if r < 90:
@@ -141,7 +144,7 @@ class Hosts:
                 transport.write("\r\n".join(out).encode() + body)
 
         if path.startswith("/feed/") and kind_of(_feed_number(path)) == KIND_SLOW:
-            asyncio.get_running_loop().call_later(0.3, send)
+            asyncio.get_running_loop().call_later(SLOW_SECONDS, send)
         else:
             send()
 

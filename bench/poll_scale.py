@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import fakehosts  # noqa: E402
 from common import machine_reference  # noqa: E402
+from worker.settings import Settings  # noqa: E402
 
 
 def start_hosts(hosts: int, feeds: int) -> tuple[subprocess.Popen, int, list[int]]:
@@ -59,8 +60,7 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-MIN_DELAY = 1.0     # the default politeness delay the bench runs with
-SLOW = 0.3          # fakehosts' slow answer
+MIN_DELAY = Settings.model_fields["polite_min_delay"].default   # the bench runs with the default
 
 
 def politeness_bound(hosts: int, feeds: int) -> float:
@@ -68,7 +68,7 @@ def politeness_bound(hosts: int, feeds: int) -> float:
     after another, MIN_DELAY from the end of one to the start of the next."""
     busy: dict[int, float] = Counter()
     for i in range(feeds):
-        slow = SLOW if fakehosts.kind_of(i) == fakehosts.KIND_SLOW else 0.0
+        slow = fakehosts.SLOW_SECONDS if fakehosts.kind_of(i) == fakehosts.KIND_SLOW else 0.0
         busy[fakehosts.host_of(i, hosts, feeds)] += MIN_DELAY + slow
     return max(busy.values()) - MIN_DELAY
 

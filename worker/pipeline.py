@@ -127,13 +127,13 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
     grants, limiter = polite.acquire_many([f.url for f in feeds]) if polite else ([None] * len(feeds), None)
     futures: dict[Future, Feed] = {}
     for feed, grant in zip(feeds, grants):
-        if isinstance(grant, Wait) and grant.reason == "delay" and grant.seconds <= SHORT_WAIT:
+        if not isinstance(grant, Wait):
+            futures[pool.submit(fetch_feed, client, feed, settings, None, grant, limiter)] = feed
+        elif grant.reason == "delay" and grant.seconds <= SHORT_WAIT:
             # Its host was asked a moment ago: wait on the fetch's thread, not in a new message.
             futures[pool.submit(fetch_feed, client, feed, settings, polite, max_wait=SHORT_WAIT)] = feed
-        elif isinstance(grant, Wait):
-            batch.busy.append((feed.id, HostBusy(feed.url, grant, 0.0)))
         else:
-            futures[pool.submit(fetch_feed, client, feed, settings, None, grant, limiter)] = feed
+            batch.busy.append((feed.id, HostBusy(feed.url, grant, 0.0)))
     pending = set(futures)
     deadline: Optional[float] = None
     try:

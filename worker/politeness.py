@@ -86,7 +86,7 @@ def group_by_wait(busy: Iterable[tuple[int, HostBusy]]) -> list[list[tuple[int, 
     groups: dict[int, list[tuple[int, HostBusy]]] = {}
     for item in busy:
         wait = item[1].retry_after or 0.0
-        groups.setdefault(max(0, math.ceil(math.log2(wait))) if wait > 1 else 0, []).append(item)
+        groups.setdefault(math.ceil(math.log2(wait)) if wait > 1 else 0, []).append(item)
     return [sorted(g, key=lambda item: item[1].retry_after or 0.0) for _, g in sorted(groups.items())]
 
 

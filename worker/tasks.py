@@ -208,14 +208,20 @@ def poll_feeds(self: Any, feed_ids: list[int], defers: int = 0) -> dict[str, int
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
     for future, feed_id in batch.late.items():      # finish on the pool's threads, after this commit
         future.add_done_callback(functools.partial(_record_late, feed_id, defers))
-    if batch.busy:
-        _keep_claims([feed_id for feed_id, _ in batch.busy])
-    for waiting in group_by_wait(batch.busy):     # still claimed; polled once their hosts are free
-        defer(poll_feeds, waiting[-1][1], ([feed_id for feed_id, _ in waiting],), {"defers": defers})
+    _defer_polls(batch.busy, defers)
     statuses = Counter(summary["status"] for summary in _queue_entries(batch.results, track=False))
     statuses["deferred"] += len(batch.busy)
     statuses["late"] += len(batch.late)
     return dict(statuses)
+
+
+def _defer_polls(busy: list[tuple[int, HostBusy]], defers: int) -> None:
+    """Feeds whose host was busy: their claims renewed, then polled again once their
+    hosts are free, those that may go at about the same time in one message."""
+    if busy:
+        _keep_claims([feed_id for feed_id, _ in busy])
+    for waiting in group_by_wait(busy):
+        defer(poll_feeds, waiting[-1][1], ([feed_id for feed_id, _ in waiting],), {"defers": defers})
 
 
 def _keep_claims(feed_ids: list[int]) -> None:
@@ -233,8 +239,7 @@ def _record_late(feed_id: int, defers: int, future: Future) -> None:
         fetched = future.result()
     except HostBusy as exc:     # it waited on its thread for a host that stayed busy
         try:
-            _keep_claims([feed_id])
-            defer(poll_feeds, exc, ([feed_id],), {"defers": defers})
+            _defer_polls([(feed_id, exc)], defers)
         except Exception:
             log.exception("feed %s: could not defer a poll whose host stayed busy; polled again after "
                           "NEWSWORKER_CLAIM_TIMEOUT", feed_id, extra={"feed_id": feed_id})
