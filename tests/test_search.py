@@ -243,3 +243,32 @@ def test_articles_search_command_on_the_embedded_default(tmp_path, devserver):
     assert jsonl(cli(env, "articles", "search", "Hasanov", "--json", "--tag", "nosuchtag").stdout) == []
     bad = cli(env, "articles", "search", "!!!", check=False)
     assert bad.returncode != 0 and "no word to look for" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.services
+def test_postgresql_keeps_the_search_vector_in_the_row():
+    """Searching reads every candidate's tsvector: it stays in the heap row (migration
+    0009), and the long text is what moves to the TOAST table."""
+    import random
+
+    admin = ensure_postgres()
+    url = create_database(admin)
+    try:
+        migrate.upgrade(url)
+        rng = random.Random(3)
+        # ~4 kB of distinct words: a tsvector too wide for a row's 2 kB without TOAST
+        text = " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8)) for _ in range(450))
+        with session_scope(url) as s:
+            toast = s.execute(sa.text("SELECT reltoastrelid::regclass::text FROM pg_class "
+                                      "WHERE oid = 'articles'::regclass")).scalar_one()
+            s.add(Article(url="https://news.example/long", canonical_url="https://news.example/long",
+                          title="Long article", text=text, language="en", text_source="page"))
+        with session_scope(url) as s:
+            out_of_line = s.execute(sa.text(f"SELECT sum(length(chunk_data)) FROM {toast}")).scalar_one()
+            vector, text_size = s.execute(sa.text("SELECT pg_column_size(search_vector), pg_column_size(text) "
+                                                  "FROM articles")).one()
+            assert vector > 2000 and text_size <= out_of_line < vector, (
+                f"{out_of_line} bytes out of line for a {vector}-byte search vector and a {text_size}-byte text")
+        assert titles(url, q=text.split()[200]) == ["Long article"]
+    finally:
+        drop_database(admin, url)
