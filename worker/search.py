@@ -76,6 +76,7 @@ def _pg_search(session: Any, query: str) -> Search:
 
 
 _FTS = sa.table("articles_fts", sa.column("rowid"))
+_CTID = sa.literal_column("articles.ctid")
 
 
 def _fts5_search(match: str) -> Search:
@@ -91,11 +92,15 @@ def ranked_keys(session: Any, found: Search, filters: list[Any], after: Optional
     fewer), kept in the cursor (*after*: ``score``, ``id``, ``from``) so one walk ranks one
     set.  One statement: the matches are found once; only the window's are ranked (their
     index entries read), the older ones follow with score 0."""
-    matches = sa.select(Article.id.label("id")).where(*filters, found.condition)
+    pg = session.get_bind().dialect.name == "postgresql"
+    # PostgreSQL: each match's row address too, so ranking reads the window's rows straight
+    # from the heap (a TID scan) instead of through the primary key (1 buffer, not 3; one
+    # statement, one snapshot: the address found is the row version ranked).
+    matches = sa.select(Article.id.label("id"), *([_CTID.label("tid")] if pg else [])).where(*filters, found.condition)
     if found.join is not None:
         matches = matches.join(*found.join)
     matches = matches.cte("matches")
-    if session.get_bind().dialect.name == "postgresql":
+    if pg:
         # From the GIN index, all at once: left to itself the planner may walk the id index
         # backwards testing each article's tsvector (66 ms for "minister" instead of 5).
         matches = matches.prefix_with("MATERIALIZED")
@@ -106,8 +111,9 @@ def ranked_keys(session: Any, found: Search, filters: list[Any], after: Optional
     else:
         window = sa.select(sa.literal(after.get("from", 0), sa.Integer).label("start")).cte("window")
     start = sa.select(window.c.start).scalar_subquery()
+    in_window = sa.select(matches.c.tid if pg else matches.c.id).where(matches.c.id >= start)
     ranked = sa.select(Article.id.label("id"), found.score.label("score")).where(
-        Article.id.in_(sa.select(matches.c.id).where(matches.c.id >= start)))
+        _CTID == sa.func.any(sa.func.array(in_window.scalar_subquery())) if pg else Article.id.in_(in_window))
     if found.join is not None:      # FTS5's bm25() is only defined beside its MATCH
         ranked = ranked.join(*found.join).where(found.condition)
     older = sa.select(matches.c.id.label("id"), sa.literal(0.0, sa.Float).label("score")).where(matches.c.id < start)
