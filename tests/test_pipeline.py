@@ -229,3 +229,43 @@ def test_a_batch_waits_briefly_on_its_threads_for_a_host_it_just_asked(setup, de
         assert len(batch.results) == 1 and len(starts) == 1
         assert [exc.wait.reason for _, exc in batch.busy] == ["delay", "delay"]
         assert all(exc.retry_after > pipeline.SHORT_WAIT for _, exc in batch.busy)
+
+
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fails_in", ["process", "pages"])
+def test_inline_groups_lose_no_entry_when_one_fails(tmp_path, fails_in):
+    """`fetch --inline` commits its entries in groups; an entry that fails (or a page
+    source that does: a busy host) keeps every article stored before it in its group."""
+    from worker import runner
+
+    url = f"sqlite:///{tmp_path}/groups.db"
+    upgrade(url)
+    links = [f"https://news.example/{i}" for i in range(5)]
+
+    def pages():
+        for i, link in enumerate(links):
+            if fails_in == "pages" and i == 3:
+                raise _Boom(link)
+            yield link, pipeline.Page(link, tree=object())
+
+    def process(s, link, page):
+        assert (page.tree is None) == (link in seen), "stored again from its bytes, not from the pruned tree"
+        if fails_in == "process" and link == links[3]:
+            s.add(Feed(url=link + "/half-done"))        # written before the failure: must not be kept
+            s.flush()
+            raise _Boom(link)
+        s.add(Feed(url=link))
+        s.flush()
+        seen.append(link)
+        return pipeline.EntryResult(1, True)
+
+    seen: list[str] = []
+    with pytest.raises(_Boom), session_scope(url) as s:
+        runner._store_entries(s, pages(), process, on_entry=lambda link: None)
+    with session_scope(url) as s:
+        stored = sorted(s.exec(select(Feed.url)).all())
+    assert stored == links[:3]
+    assert seen[:3] == links[:3] and len(seen) == (6 if fails_in == "process" else 3)   # the group, stored again

@@ -277,15 +277,19 @@ def link_feed(session: Session, article_id: int, feed_id: int, guid: Optional[st
 MAX_CANDIDATES = 50     # articles sharing a band that are compared in full
 
 
+# Built once (as the statements below): building a statement and its cache key costs
+# more than SQLite takes to run it.
+_STORY_CANDIDATES = (
+    sa.select(Article.story_id, Article.fingerprint).join(StoryBand, StoryBand.article_id == Article.id)
+    .where(StoryBand.band_hash.in_(sa.bindparam("bands", expanding=True)), Article.fingerprint.is_not(None))
+    .distinct().limit(MAX_CANDIDATES)
+)
+
+
 def find_story(session: Session, fp: Fingerprint) -> Optional[int]:
     """The story of the most similar stored near copy of *fp*, if any.  Candidates come
     from equal LSH band hashes (an indexed lookup); each is confirmed on its signature."""
-    rows = session.connection().execute(
-        sa.select(Article.story_id, Article.fingerprint)
-        .join(StoryBand, StoryBand.article_id == Article.id)
-        .where(StoryBand.band_hash.in_(fp.bands()), Article.fingerprint.is_not(None))
-        .distinct().limit(MAX_CANDIDATES)
-    ).all()
+    rows = session.connection().execute(_STORY_CANDIDATES, {"bands": list(fp.bands())}).all()
     best: tuple[float, Optional[int]] = (0.0, None)
     for story_id, blob in rows:
         other = Fingerprint.from_bytes(blob)
@@ -304,6 +308,8 @@ def _lock_bands(session: Session, fp: Fingerprint) -> None:
 
 
 _NEW_STORY = sa.insert(Story).returning(Story.id)
+_STORY_REPRESENTATIVE = (sa.update(Story).where(Story.id == sa.bindparam("story"))
+                         .values(representative_article_id=sa.bindparam("article")))
 
 
 def save_article(
@@ -337,7 +343,7 @@ def save_article(
         article_id = row[0]
         _insert_bands(session, article_id, draft.fingerprint)
         if new_story:
-            session.execute(sa.update(Story).where(Story.id == story).values(representative_article_id=article_id))
+            session.connection().execute(_STORY_REPRESENTATIVE, {"story": story, "article": article_id})
         else:
             _set_representative(session, story)
         _insert_analysis(session, article_id, tags, entities, tagger_version, now)
@@ -392,11 +398,15 @@ def update_article(session: Session, article: Article, draft: ArticleDraft, tags
     replace_analysis(session, article.id, tags, entities, tagger_version)
 
 
+_EARLIEST_COPY = (sa.select(Article.id).where(Article.story_id == sa.bindparam("story"))
+                  .order_by(sa.func.coalesce(Article.published_at, Article.created_at), Article.id).limit(1))
+_SET_REPRESENTATIVE = (sa.update(Story).where(Story.id == sa.bindparam("story"))
+                       .values(representative_article_id=_EARLIEST_COPY.scalar_subquery()))
+
+
 def _set_representative(session: Session, story_id: int) -> None:
     """The story's representative is its earliest published copy (ties: first stored)."""
-    first = (sa.select(Article.id).where(Article.story_id == story_id)
-             .order_by(sa.func.coalesce(Article.published_at, Article.created_at), Article.id).limit(1))
-    session.execute(sa.update(Story).where(Story.id == story_id).values(representative_article_id=first.scalar_subquery()))
+    session.connection().execute(_SET_REPRESENTATIVE, {"story": story_id})
 
 
 def _tag_row(article_id: int, tag: TagResult, version: str, now: datetime) -> dict[str, Any]:
