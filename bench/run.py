@@ -232,7 +232,7 @@ def main() -> None:
     ap.add_argument("--tagging-cost", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--skip-service", action="store_true")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="measure (a), (b) and (d) this many times, interleaved; medians are reported")
     args = ap.parse_args()
     if args.direct:
