@@ -308,8 +308,6 @@ def _lock_bands(session: Session, fp: Fingerprint) -> None:
 
 
 _NEW_STORY = sa.insert(Story).returning(Story.id)
-_STORY_REPRESENTATIVE = (sa.update(Story).where(Story.id == sa.bindparam("story"))
-                         .values(representative_article_id=sa.bindparam("article")))
 
 
 def save_article(
@@ -342,10 +340,7 @@ def save_article(
     if created:
         article_id = row[0]
         _insert_bands(session, article_id, draft.fingerprint)
-        if new_story:
-            session.connection().execute(_STORY_REPRESENTATIVE, {"story": story, "article": article_id})
-        else:
-            _set_representative(session, story)
+        _set_representative(session, story)         # a new story's only copy, or the earliest
         _insert_analysis(session, article_id, tags, entities, tagger_version, now)
     else:
         # Same canonical URL stored meanwhile, or an exact copy of stored text.
