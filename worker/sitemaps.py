@@ -13,7 +13,6 @@ and at most *max_entries* are kept, newest first."""
 from __future__ import annotations
 
 import heapq
-import io
 import time
 import zlib
 from datetime import datetime
@@ -48,6 +47,7 @@ SITEMAP_ACCEPT = "application/xml, text/xml;q=0.9, application/x-gzip;q=0.8, */*
 # libxml2 guessing, which could turn "a&b" in a <loc> into another URL.
 _XML_OPTIONS: dict[str, Any] = dict(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
                                     huge_tree=False, remove_comments=True, remove_pis=True, recover=False)
+_CHUNK = 64 * 1024      # bytes fed to the parser at a time
 
 
 def gunzip(data: bytes, url: str, max_bytes: int = MAX_UNCOMPRESSED_BYTES) -> bytes:
@@ -71,11 +71,35 @@ def _trim(content: bytes) -> bytes:
     return content.lstrip(b"\xef\xbb\xbf \t\r\n")
 
 
+def _events(content: bytes, events: tuple[str, ...], tag: Optional[str] = None,
+            problems: Optional[list[str]] = None) -> Iterator[Any]:
+    """The elements of *content* as lxml reports them, fed to a pull parser in pieces.
+    A syntax error ends the stream after the elements read before it (libxml2 2.14 reports
+    an entity bomb before ``iterparse`` hands over anything) and is noted in *problems*,
+    or raised when there is no list to note it in."""
+    parser = etree.XMLPullParser(events=events, tag=tag, **_XML_OPTIONS)
+    try:
+        for start in range(0, len(content), _CHUNK):
+            parser.feed(content[start:start + _CHUNK])
+            for _, element in parser.read_events():
+                yield element
+        parser.close()
+    except etree.LxmlError as exc:     # XMLSyntaxError mostly; never a crash on hostile bytes
+        for _, element in parser.read_events():     # queued before the error
+            yield element
+        if problems is None:
+            raise
+        problems.append(_warning(exc))
+    else:
+        for _, element in parser.read_events():
+            yield element
+
+
 def root_name(content: bytes) -> Optional[tuple[str, str]]:
     """(namespace, local name) of the root element, parsing no further than its start
     tag; None when the bytes are not well-formed up to there (HTML, loose RSS)."""
     try:
-        for _, element in etree.iterparse(io.BytesIO(_trim(content)), events=("start",), **_XML_OPTIONS):
+        for element in _events(_trim(content), ("start",)):
             name = etree.QName(element)
             return name.namespace or "", name.localname
     except Exception:  # noqa: BLE001 - any failure here only means "not a sitemap"
@@ -118,15 +142,12 @@ def _date(value: str) -> Optional[datetime]:
 def _items(content: bytes, tag: str, problems: list[str]) -> Iterator[dict[str, Any]]:
     """Each *tag* element's children by local name, streamed: memory stays flat however
     many URLs.  A syntax error ends the stream and is noted in *problems*."""
-    try:
-        for _, element in etree.iterparse(io.BytesIO(content), events=("end",), tag=tag, **_XML_OPTIONS):
-            yield _children(element)
-            element.clear()
-            parent = element.getparent()
-            while parent is not None and element.getprevious() is not None:
-                del parent[0]
-    except etree.LxmlError as exc:     # XMLSyntaxError mostly; never a crash on hostile bytes
-        problems.append(_warning(exc))
+    for element in _events(content, ("end",), tag, problems):
+        yield _children(element)
+        element.clear()
+        parent = element.getparent()
+        while parent is not None and element.getprevious() is not None:
+            del parent[0]
 
 
 class _Newest:
