@@ -16,6 +16,7 @@ from htmldate import find_date
 from trafilatura import metadata as tmeta
 from trafilatura.utils import load_html
 
+from .authors import author_from_page
 from .urls import same_site
 
 # Chosen by measurement on the 181 Zyte benchmark pages (bench/run.py): fast mode,
@@ -112,7 +113,7 @@ def parse_html(content: bytes) -> Any:
 def _metadata(tree: Any, url: str) -> Any:
     """The metadata fields we store, found as trafilatura's extract_metadata finds them
     (meta tags, then JSON-LD, then the page itself), leaving out categories, tags and
-    licence, and the author when the tags name none (see :func:`_author_from_page`).
+    licence, and the author when the tags name none (see :func:`authors.author_from_page`).
     Reads the tree without changing it."""
     meta = tmeta.examine_meta(tree)
     if meta.author and " " not in meta.author:      # a user name, not a person's name
@@ -128,14 +129,6 @@ def _metadata(tree: Any, url: str) -> Any:
     return meta
 
 
-def _author_from_page(tree: Any) -> Optional[str]:
-    """trafilatura's extract_author without its deep copy of the page (2.5 ms a page on
-    average): it prunes *tree* in place, so it runs last, when nothing else reads it."""
-    author = tmeta.extract_metainfo(tmeta.prune_unwanted_nodes(tree, tmeta.AUTHOR_DISCARD_XPATHS),
-                                    tmeta.AUTHOR_XPATHS, len_limit=120)
-    return tmeta.normalize_authors(None, author) if author else None
-
-
 def extract_page(html: Any, url: str) -> Optional[Extracted]:
     """Main text and metadata of an article page (bytes, text or a parsed lxml tree),
     or ``None`` when nothing usable was found."""
@@ -146,7 +139,7 @@ def extract_page(html: Any, url: str) -> Optional[Extracted]:
     doc = trafilatura.bare_extraction(tree, url=url, **_EXTRACT_OPTIONS)    # works on its own copy
     if doc is None or len((doc.text or "").split()) < MIN_WORDS:
         return None
-    meta.author = meta.author or _author_from_page(tree)
+    meta.author = meta.author or author_from_page(tree)     # prunes the tree: last
     meta.clean_and_trim()
     text = strip_headline(doc.text, meta.title)
     canonical = meta.url if meta.url and meta.url != url and same_site(meta.url, url) else None
