@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import sys
 from datetime import datetime, timezone
@@ -491,6 +492,15 @@ def api(
 
 
 def main() -> None:
+    try:
+        _run()
+    finally:
+        # The process is about to exit: its objects go back to the OS with it, not through
+        # the collector at shutdown (0.35 s of every command on a 2-core machine).
+        gc.freeze()
+
+
+def _run() -> None:
     try:
         rv = app(standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)
