@@ -173,3 +173,64 @@ def test_two_transactions_racing_on_postgres_end_with_one_story(pg_url, monkeypa
         assert db.execute(sa.text("select count(*), count(distinct story_id) from articles")).one() == (2, 1)
         assert db.execute(sa.text("select count(*) from stories")).scalar() == 1
     engine.dispose()
+
+
+@pytest.mark.services
+def test_an_article_is_stored_alike_on_sqlite_and_postgres(pg_url, tmp_path):
+    """PostgreSQL writes what a new article brings in one statement, SQLite in several:
+    the same rows either way (tags with evidence and details, entities, URLs, the feed
+    link, LSH bands, the story and its representative)."""
+    import json
+
+    from worker import store
+    from worker.db import session_scope
+    from worker.dedupe import content_hash, fingerprint
+    from worker.entities import extract_entities
+    from worker.migrate import upgrade
+    from worker.tagging import TagResult, load_tagger
+
+    tagger = load_tagger()
+    texts = ["\n\n".join(SEED), "BAKU (Regional Wire) - " + "\n\n".join(SEED)]
+    published = [datetime(2024, 1, 17, 12, 30, tzinfo=timezone.utc), datetime(2024, 1, 17, 12, 0, tzinfo=timezone.utc)]
+
+    def store_both(url: str) -> dict:
+        upgrade(url)
+        engine = sa.create_engine(url)
+        if url.startswith("postgresql"):
+            with engine.begin() as db:
+                db.execute(sa.text("truncate feeds, articles, stories, story_bands, tags, entities, article_urls, "
+                                   "article_feeds, fetch_events restart identity cascade"))
+        with session_scope(url) as s:
+            feed_id = store.add_feed(s, "http://feeds.example.org/defence.xml")[0].id
+        for i, text in enumerate(texts):
+            title = "Azerbaijani Defence Minister meets Turkish delegation"
+            draft = store.ArticleDraft(
+                url=f"http://outlet{i}.example.org/story?utm_source=rss", canonical_url=f"http://outlet{i}.example.org/story",
+                alias_urls=(f"http://outlet{i}.example.org/amp/story",), guid=f"story-{i}", title=title, text=text,
+                text_source="page", language="en", published_at=published[i], content_hash=content_hash(text),
+                fingerprint=fingerprint(text))
+            with session_scope(url) as s:
+                tags = [*tagger.tag(title, text, "en"), TagResult("region.caucasus", 0.5, ["Baku"], None, None)]   # no details
+                assert store.save_article(s, draft, feed_id, tags, extract_entities(title, text, "en"), tagger.version)[1]
+        queries = {
+            "tags": "select a.guid, t.name, t.score, t.evidence, t.details, t.details is null, t.iptc_code, t.tagger_version "
+                    "from tags t join articles a on a.id = t.article_id",
+            "entities": "select a.guid, e.kind, e.name, e.code, e.role, e.rank, e.evidence, e.mentions "
+                        "from entities e join articles a on a.id = e.article_id",
+            "urls": "select a.guid, u.canonical_url, u.url from article_urls u join articles a on a.id = u.article_id",
+            "feeds": "select a.guid, f.guid, f.entry_url from article_feeds f join articles a on a.id = f.article_id",
+            "bands": "select a.guid, b.band_hash from story_bands b join articles a on a.id = b.article_id",
+            "stories": "select count(distinct a.story_id), min(r.guid) from articles a "
+                       "join stories s on s.id = a.story_id join articles r on r.id = s.representative_article_id",
+        }
+        with engine.connect() as db:
+            out = {name: sorted(tuple(json.loads(v) if isinstance(v, str) and v[:1] in "[{n" else v for v in row)
+                                for row in db.execute(sa.text(q)).all()) for name, q in queries.items()}
+        engine.dispose()
+        return out
+
+    on_sqlite, on_postgres = store_both(f"sqlite:///{tmp_path / 'alike.db'}"), store_both(pg_url)
+    assert on_postgres == on_sqlite
+    assert any(t[1] == "defence" and t[3] and t[4] for t in on_sqlite["tags"])       # evidence and details
+    assert len(on_sqlite["entities"]) >= 4 and len(on_sqlite["urls"]) == 4 and len(on_sqlite["feeds"]) == 2
+    assert on_sqlite["stories"] == [(1, "story-1")]       # one story; the earlier published copy represents it

@@ -337,6 +337,11 @@ def save_article(
         Article.id,
     )
     created = row is not None
+    if created and session.get_bind().dialect.name == "postgresql":
+        article_id = row[0]
+        session.connection().execute(_PG_INDEX_NEW_ARTICLE, _index_params(
+            article_id, story, draft, feed_id, tags, entities, tagger_version, now))
+        return article_id, True
     if created:
         article_id = row[0]
         _insert_bands(session, article_id, draft.fingerprint)
@@ -359,6 +364,53 @@ def save_article(
 # INSERT once per band on the server (~40 an article), a third of its write time.
 _PG_INSERT_BANDS = sa.text("INSERT INTO story_bands (band_hash, article_id) "
                            "SELECT h, :article_id FROM unnest(CAST(:hashes AS bigint[])) AS h ON CONFLICT DO NOTHING")
+
+
+# PostgreSQL: what a new article brings besides its row, in one statement instead of
+# seven (bands, the story's representative, tags, entities, URLs, the feed link): each
+# statement costs the worker ~0.5 ms of CPU in SQLAlchemy and psycopg, the server one
+# more round trip.  The same rows, and the same JSON text, as the SQLite path below.
+_PG_INDEX_NEW_ARTICLE = sa.text("""
+WITH bands AS (
+    INSERT INTO story_bands (band_hash, article_id)
+    SELECT h, :article_id FROM unnest(CAST(:bands AS bigint[])) AS h ON CONFLICT DO NOTHING),
+representative AS (
+    UPDATE stories SET representative_article_id = (
+        SELECT a.id FROM articles AS a WHERE a.story_id = :story
+        ORDER BY coalesce(a.published_at, a.created_at), a.id LIMIT 1)
+    WHERE id = :story),
+new_tags AS (
+    INSERT INTO tags (article_id, name, score, evidence, details, iptc_code, tagger_version, created_at)
+    SELECT :article_id, t.name, t.score, t.evidence, coalesce(t.details, 'null'), t.iptc_code, :version, :now
+    FROM json_to_recordset(CAST(:tags AS json))
+         AS t(name text, score float8, evidence json, details json, iptc_code text)
+    ON CONFLICT DO NOTHING),
+new_entities AS (
+    INSERT INTO entities (article_id, kind, name, code, role, rank, evidence, mentions, tagger_version, created_at)
+    SELECT :article_id, e.kind, e.name, e.code, e.role, e.rank, e.evidence, e.mentions, :version, :now
+    FROM json_to_recordset(CAST(:entities AS json))
+         AS e(kind text, name text, code text, role text, rank text, evidence json, mentions int)
+    ON CONFLICT DO NOTHING),
+urls AS (
+    INSERT INTO article_urls (canonical_url, article_id, url, first_seen_at)
+    SELECT u, :article_id, :url, :now FROM unnest(CAST(:urls AS text[])) AS u ON CONFLICT DO NOTHING)
+INSERT INTO article_feeds (article_id, feed_id, guid, entry_url, first_seen_at)
+VALUES (:article_id, :feed_id, :guid, :url, :now) ON CONFLICT DO NOTHING
+""")
+
+
+def _index_params(article_id: int, story: int, draft: ArticleDraft, feed_id: int, tags: Sequence[TagResult],
+                  entities: Sequence[Entity], version: str, now: datetime) -> dict[str, Any]:
+    def rows(items: list[dict[str, Any]]) -> str:
+        return json.dumps([{k: v for k, v in r.items() if k not in ("article_id", "tagger_version", "created_at")}
+                           for r in items])
+
+    return {"article_id": article_id, "story": story, "feed_id": feed_id, "guid": draft.guid, "url": draft.url,
+            "now": now, "version": version,
+            "bands": sorted(set(draft.fingerprint.bands())) if draft.fingerprint else [],
+            "urls": sorted({draft.canonical_url, *draft.alias_urls}),
+            "tags": rows([_tag_row(article_id, t, version, now) for t in tags]),
+            "entities": rows([_entity_row(article_id, e, version, now) for e in entities])}
 
 
 def _insert_bands(session: Session, article_id: int, fp: Optional[Fingerprint]) -> None:
