@@ -49,10 +49,17 @@ def author_from_page(tree: Any) -> Optional[str]:
     """The author as trafilatura's ``extract_author(tree)`` finds it, normalised.  Prunes
     *tree* in place (no copy of the page), so call it when nothing else reads the tree."""
     root = tree.getroottree().getroot()
-    if not MATCHES_TRAFILATURA or tree is not root:
+    if MATCHES_TRAFILATURA and tree is root:
+        author = tmeta.extract_metainfo(tree, _candidates(root), len_limit=120)
+    else:
         author = tmeta.extract_metainfo(tmeta.prune_unwanted_nodes(tree, tmeta.AUTHOR_DISCARD_XPATHS),
                                         tmeta.AUTHOR_XPATHS, len_limit=120)
-        return tmeta.normalize_authors(None, author) if author else None
+    return tmeta.normalize_authors(None, author) if author else None
+
+
+def _candidates(root: Any) -> list[Callable[[Any], list[Any]]]:
+    """Prune *root* as AUTHOR_DISCARD_XPATHS would; return the three AUTHOR_XPATHS as
+    functions giving their matches (in document order) on the pruned page."""
     discard: list[Any] = []
     time_figure: list[Any] = []
     rel_children = False
@@ -61,24 +68,16 @@ def author_from_page(tree: Any) -> Optional[str]:
         tag = el.tag
         if not isinstance(tag, str):        # a comment or processing instruction
             continue
-        cls, ident, itemprop = el.get("class"), el.get("id"), el.get("itemprop")
-        component = el.get("data-component")
+        cls, ident = el.get("class") or "", el.get("id") or ""
+        itemprop, component = el.get("itemprop") or "", el.get("data-component") or ""
         if tag == "time" or tag == "figure":
             time_figure.append(el)
-        elif tag == "rel":
-            rel_children = True
-        elif tag == "author":
-            found[0].append(el)
-        if cls is None and ident is None and itemprop is None and component is None:
-            if tag in _TAGS_0 and (el.get("rel") == "author" or el.get("data-testid") in ("AuthorCard", "AuthorURL")):
-                found[0].append(el)
-            continue
-        cls, ident, itemprop, component = cls or "", ident or "", itemprop or "", component or ""
+        rel_children = rel_children or tag == "rel"
         if tag in _DISCARD_TAGS and el is not root and (
                 ident == "comments" or cls in ("comments", "title", "date") or "Figure" in component
                 or _DISCARD_ID.search(ident) or _DISCARD_CLASS.search(cls)):
             discard.append(el)
-        if tag in _TAGS_0 and (
+        if tag == "author" or tag in _TAGS_0 and (
                 cls == "author" or ident == "author" or itemprop == "author name" or el.get("rel") == "author"
                 or el.get("data-testid") in ("AuthorCard", "AuthorURL") or _CLASS_0.search(cls)):
             found[0].append(el)
@@ -97,9 +96,7 @@ def author_from_page(tree: Any) -> Optional[str]:
 
     # The first expression also matches an element with a child <rel> whose text is "me"
     # (trafilatura's "rel='me'"): no page has one, so such a page takes the XPath itself.
-    first = tmeta.AUTHOR_XPATHS[0] if rel_children else kept(found[0])
-    author = tmeta.extract_metainfo(tree, [first, kept(found[1]), kept(found[2])], len_limit=120)
-    return tmeta.normalize_authors(None, author) if author else None
+    return [tmeta.AUTHOR_XPATHS[0] if rel_children else kept(found[0]), kept(found[1]), kept(found[2])]
 
 
 def _attached(el: Any, root: Any) -> bool:

@@ -78,21 +78,19 @@ def _events(content: bytes, events: tuple[str, ...], tag: Optional[str] = None,
     an entity bomb before ``iterparse`` hands over anything) and is noted in *problems*,
     or raised when there is no list to note it in."""
     parser = etree.XMLPullParser(events=events, tag=tag, **_XML_OPTIONS)
+    error: Optional[etree.LxmlError] = None
     try:
         for start in range(0, len(content), _CHUNK):
             parser.feed(content[start:start + _CHUNK])
-            for _, element in parser.read_events():
-                yield element
+            yield from (element for _, element in parser.read_events())
         parser.close()
     except etree.LxmlError as exc:     # XMLSyntaxError mostly; never a crash on hostile bytes
-        for _, element in parser.read_events():     # queued before the error
-            yield element
+        error = exc
+    yield from (element for _, element in parser.read_events())     # read before the end (or the error)
+    if error is not None:
         if problems is None:
-            raise
-        problems.append(_warning(exc))
-    else:
-        for _, element in parser.read_events():
-            yield element
+            raise error
+        problems.append(_warning(error))
 
 
 def root_name(content: bytes) -> Optional[tuple[str, str]]:

@@ -362,18 +362,18 @@ def save_article(
 
 # PostgreSQL: all of an article's bands in one statement.  An executemany would run the
 # INSERT once per band on the server (~40 an article), a third of its write time.
-_PG_INSERT_BANDS = sa.text("INSERT INTO story_bands (band_hash, article_id) "
-                           "SELECT h, :article_id FROM unnest(CAST(:hashes AS bigint[])) AS h ON CONFLICT DO NOTHING")
+_PG_BANDS_SQL = ("INSERT INTO story_bands (band_hash, article_id) "
+                 "SELECT h, :article_id FROM unnest(CAST(:bands AS bigint[])) AS h ON CONFLICT DO NOTHING")
+_PG_INSERT_BANDS = sa.text(_PG_BANDS_SQL)
 
 
 # PostgreSQL: what a new article brings besides its row, in one statement instead of
 # seven (bands, the story's representative, tags, entities, URLs, the feed link): each
 # statement costs the worker ~0.5 ms of CPU in SQLAlchemy and psycopg, the server one
 # more round trip.  The same rows, and the same JSON text, as the SQLite path below.
-_PG_INDEX_NEW_ARTICLE = sa.text("""
-WITH bands AS (
-    INSERT INTO story_bands (band_hash, article_id)
-    SELECT h, :article_id FROM unnest(CAST(:bands AS bigint[])) AS h ON CONFLICT DO NOTHING),
+# The representative is _EARLIEST_COPY's (the earliest published copy, ties: first stored).
+_PG_INDEX_NEW_ARTICLE = sa.text(f"""
+WITH bands AS ({_PG_BANDS_SQL}),
 representative AS (
     UPDATE stories SET representative_article_id = (
         SELECT a.id FROM articles AS a WHERE a.story_id = :story
@@ -419,7 +419,7 @@ def _insert_bands(session: Session, article_id: int, fp: Optional[Fingerprint]) 
         return
     hashes = sorted(set(fp.bands()))
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(_PG_INSERT_BANDS, {"article_id": article_id, "hashes": hashes})
+        session.execute(_PG_INSERT_BANDS, {"article_id": article_id, "bands": hashes})
     else:
         insert_ignore(session, StoryBand, [{"band_hash": h, "article_id": article_id} for h in hashes])
 
