@@ -70,6 +70,7 @@ def warm_up() -> None:
         tagger.tag("Defence minister", "The army held exercises.", language)
         extract_entities("Defence minister", "The army held exercises.", language)
     fingerprint(" ".join(f"word{i}" for i in range(40)))      # imports datasketch
+    parse_feed(b'<rss version="2.0"><channel><title>t</title></channel></rss>', "http://example.org/")   # its XML reader
 
 
 # ---------------------------------------------------------------- feeds
