@@ -96,7 +96,7 @@ def main() -> None:
 
     admin = ensure_postgres()
     db_url = create_database(admin)
-    redis_url = ensure_redis().rstrip("/0123456789").rstrip("/") + "/12"
+    redis_url = ensure_redis() + "/12"
     redis_lib.Redis.from_url(redis_url).flushdb()
     server, control, ports = start_hosts(args.hosts, args.feeds)
     var = Path(tempfile.mkdtemp(prefix="nw-bench-poll-"))
@@ -179,6 +179,10 @@ def main() -> None:
     print(f"first poll started {first_last[0]}, last finished {first_last[1]}")
     print(f"the per-host limit alone holds a cycle to at least {politeness_bound(args.hosts, args.feeds):.1f} s "
           f"(the busiest host's feeds one after another, {MIN_DELAY:.0f} s apart, slow answers included)")
+    too_close = {p: s for p, s in stats.items() if s["min_gap"] is not None and s["min_gap"] < MIN_DELAY}
+    for port, s in sorted(too_close.items(), key=lambda item: item[1]["min_gap"]):
+        print(f"PER-HOST DELAY NOT KEPT on 127.0.0.1:{port}: {s['requests']} requests, shortest gap "
+              f"{s['min_gap']:.3f} s, answers {s['statuses']}; worker log: {var / 'worker.log'}")
     if polled < args.feeds:
         print(f"NOT FINISHED: {args.feeds - polled} feeds without a poll; worker log: {var / 'worker.log'}")
         sys.exit(1)

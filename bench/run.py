@@ -184,7 +184,7 @@ def service(base: str, host_port: str) -> dict:
 
     admin = ensure_postgres()
     db_url = create_database(admin)
-    redis_url = ensure_redis().rstrip("/0123456789") .rstrip("/") + "/13"
+    redis_url = ensure_redis() + "/13"
     import redis as redis_lib
 
     redis_lib.Redis.from_url(redis_url).flushdb()
