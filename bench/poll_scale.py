@@ -166,7 +166,7 @@ def main() -> None:
     print(machine_reference())
     print(f"feeds: {args.feeds} on {len(ports)} hosts, {args.concurrency} worker processes; dispatched {dispatched} in {t_dispatch:.1f} s; "
           f"polled {polled} in {cycle:.1f} s")
-    print(f"outcomes: " + ", ".join(f"{k}: {n}" for k, n in sorted(outcomes.items())))
+    print("outcomes: " + ", ".join(f"{k}: {n}" for k, n in sorted(outcomes.items())))
     print(f"throughput: {polled / cycle:.0f} feeds/s, {unchanged / cycle:.0f} unchanged feeds/s (target >= 300)")
     total = sum(s["requests"] for s in stats.values())
     print(f"per host: {total / len(stats) / cycle:.2f} requests/s on average; "
