@@ -131,26 +131,33 @@ def test_a_redis_channel_closed_under_the_worker_asks_for_a_reconnect(redis_url)
 
 _OPEN_RESOURCES = """
 import logging, os, threading
+import sqlalchemy as sa
 logging.basicConfig()
 from worker import tasks
-from worker.db import get_engine
+from worker.db import get_engine, session_scope
 tasks._open_process_resources()
 for t in threading.enumerate():
     if t.name == "connect-database":
         t.join()
-print(tasks._client[0] == os.getpid(), tasks._polite[0] == os.getpid(), get_engine().pool.checkedin())
+opened = get_engine().pool.checkedin()
+if opened:      # the connection opened on that thread serves this one (SQLite too)
+    with session_scope() as session:
+        assert session.execute(sa.text("select 1")).scalar() == 1
+print(tasks._client[0] == os.getpid(), tasks._polite[0] == os.getpid(), opened)
 """
 
 
-@pytest.mark.parametrize("database", ["up", "down"])
-def test_a_pool_process_opens_its_client_and_a_database_connection_when_it_starts(pg_url, redis_url, database):
+@pytest.mark.parametrize("database", ["postgresql", "sqlite", "down"])
+def test_a_pool_process_opens_its_client_and_a_database_connection_when_it_starts(pg_url, redis_url, tmp_path,
+                                                                                  database):
     """worker_process_init: the HTTP client, host limiter and a pooled database
     connection exist before the first task; a database that is down at that moment is
     a logged warning, not a process that fails to start."""
-    url = pg_url if database == "up" else "postgresql://postgres@127.0.0.1:9/nothing_listens_here"
+    url = {"postgresql": pg_url, "sqlite": f"sqlite:///{tmp_path / 'nw.db'}",
+           "down": "postgresql://postgres@127.0.0.1:9/nothing_listens_here"}[database]
     env = {**os.environ, "NEWSWORKER_DATABASE_URL": url, "NEWSWORKER_BROKER_URL": redis_url}
     done = subprocess.run([sys.executable, "-c", _OPEN_RESOURCES], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "True", "1" if database == "up" else "0"]
+    assert done.stdout.split() == ["True", "True", "0" if database == "down" else "1"]
     if database == "down":
         assert "could not connect to the database at worker start" in done.stderr

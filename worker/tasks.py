@@ -127,7 +127,8 @@ def politeness() -> Politeness:
 def _open_process_resources(**_: Any) -> None:
     """A pool process opens its HTTP client, host limiter and a database connection when
     it starts, not in its first task: a poll or fetch sent to an idle worker does not
-    wait for them (tens of milliseconds each: TLS context, Redis scripts, first connect)."""
+    wait for them (tens of milliseconds each: the TLS context, robots.txt and limiter
+    set-up, the first connection and its type lookups)."""
     politeness()
     threading.Thread(target=_connect_database, name="connect-database", daemon=True).start()
 
