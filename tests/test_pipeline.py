@@ -231,6 +231,50 @@ def test_a_batch_waits_briefly_on_its_threads_for_a_host_it_just_asked(setup, de
         assert all(exc.retry_after > pipeline.SHORT_WAIT for _, exc in batch.busy)
 
 
+@pytest.mark.parametrize("limiter", ["local", "redis"])
+def test_a_feed_that_waited_for_a_thread_keeps_the_delay_to_a_request_granted_meanwhile(tmp_path, devserver,
+                                                                                       request, limiter):
+    """A batch takes its hosts' slots at once, but a fetch queued behind a slow one starts
+    later than its grant.  Another worker's request to the same host, granted in between,
+    must still be at least the delay apart from it (it used to be 0.4 s apart here)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.devserver import DevServer
+    from worker.politeness import make_politeness
+
+    feed = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    upgrade(url)
+    redis_url = request.getfixturevalue("redis_url") if limiter == "redis" else None
+    with DevServer() as other:
+        devserver.add("/slow.xml", feed, content_type="application/rss+xml", delay=1.2)
+        for path in ("/x.xml", "/y.xml"):
+            other.add(path, feed, content_type="application/rss+xml")
+        settings = Settings(database_url=url, var_dir=tmp_path, polite_min_delay=0.6, polite_max_concurrent=2,
+                            allowed_private_hosts=[devserver.host_port, other.host_port])
+        with http.make_client(settings) as client, ThreadPoolExecutor(1) as pool:    # x waits for the slow one
+            with session_scope(url) as s:
+                ids = [store.add_feed(s, devserver.base_url + "/slow.xml")[0].id,
+                       store.add_feed(s, other.base_url + "/x.xml")[0].id]
+            polite = make_politeness(settings, client, redis_url)
+
+            def poll_batch() -> None:
+                with session_scope(url) as s:
+                    pipeline.poll_feeds(s, client, ids, settings, polite, pool, patience=100)
+
+            batch = threading.Thread(target=poll_batch)
+            batch.start()
+            time.sleep(0.8)     # the batch took both slots at its start; x still waits for the thread
+            with polite.gate(other.base_url + "/y.xml"):      # another worker asks the same host
+                client.get(other.base_url + "/y.xml")
+            batch.join()
+        starts = sorted(r.at for r in other.requests)
+    assert len(starts) == 2
+    assert starts[1] - starts[0] >= 0.6
+
+
 class _Boom(Exception):
     pass
 

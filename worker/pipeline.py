@@ -9,6 +9,7 @@ Each takes its HTTP client and database session as arguments; Celery tasks and t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -30,7 +31,7 @@ from .errors import BlockedURL, FeedParseError, FetchError, PermanentFetchError,
 from .extract import Extracted, clean_text, detect_language, extract_page, html_to_text, parse_html
 from .feeds import ParsedEntry, parse_feed
 from .models import Article, Feed, RawDocument, utcnow
-from .politeness import HostBusy, HostLimiter, Lease, Politeness, Wait
+from .politeness import HostBusy, HostLimiter, Lease, Politeness, PolitenessUnavailable, Wait
 from .schedule import NOT_MODIFIED, OK, PERMANENT, TEMPORARY, PollOutcome, next_state
 from .settings import Settings
 from .tagging import Tagger, load_tagger
@@ -126,10 +127,11 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
     # the fetch's thread (briefly); one with all its slots taken, or that asked us to back
     # off, is not waited for (that would hold the whole batch): its feed is deferred.
     grants, limiter = polite.acquire_many([f.url for f in feeds]) if polite else ([None] * len(feeds), None)
+    granted = time.monotonic()
     futures: dict[Future, Feed] = {}
     for feed, grant in zip(feeds, grants):
         if not isinstance(grant, Wait):
-            futures[pool.submit(fetch_feed, client, feed, settings, None, grant, limiter)] = feed
+            futures[pool.submit(fetch_feed, client, feed, settings, None, grant, limiter, granted=granted)] = feed
         elif grant.reason == "delay" and grant.seconds <= SHORT_WAIT:
             # Its host was asked a moment ago: wait on the fetch's thread, not in a new message.
             futures[pool.submit(fetch_feed, client, feed, settings, polite, max_wait=SHORT_WAIT)] = feed
@@ -183,16 +185,20 @@ def record_late(session: Session, client: httpx.Client, feed_id: int, fetched: F
     return record_fetch(session, client, store.get_feed(session, feed_id), fetched, settings)
 
 
+LATE_START = 0.005      # seconds after its grant a request may start on the slot it was granted
+
+
 def fetch_feed(client: httpx.Client, feed: Feed, settings: Settings, polite: Optional[Politeness] = None,
                lease: Optional[Lease] = None, limiter: Optional[HostLimiter] = None, *,
-               max_wait: Optional[float] = None) -> FeedFetch:
+               max_wait: Optional[float] = None, granted: Optional[float] = None) -> FeedFetch:
     """GET the feed conditionally, within its host's politeness limit (a slot from
-    *polite*, waited for at most *max_wait*, or *lease* from *limiter*, released here);
-    touches no database (safe on any thread).  Raises only ``HostBusy``."""
+    *polite*, waited for at most *max_wait*, or *lease* from *limiter*, granted at
+    *granted* (``time.monotonic()``) and released here); touches no database (safe on
+    any thread).  Raises only ``HostBusy``."""
     started = utcnow()
     t0 = time.perf_counter()
     if lease is not None and limiter is not None:
-        gate: Any = limiter.held(lease, feed.url)
+        gate: Any = _granted_slot(feed.url, lease, limiter, granted, max_wait)
     else:
         gate = polite.gate(feed.url, max_wait=max_wait) if polite else nullcontext()
     try:
@@ -207,6 +213,25 @@ def fetch_feed(client: httpx.Client, feed: Feed, settings: Settings, polite: Opt
         raise
     except FetchError as exc:
         return FeedFetch(started, int((time.perf_counter() - t0) * 1000), error=exc)
+
+
+def _granted_slot(url: str, lease: Lease, limiter: HostLimiter, granted: Optional[float],
+                  max_wait: Optional[float]) -> Any:
+    """The slot *lease* for a request starting now.  One that waited for a thread since
+    its grant counts its host's delay from now; if another request of the host was
+    granted or ended meanwhile, the lease goes back (no request was made: no delay) and
+    a new slot is waited for, at most *max_wait* (default SHORT_WAIT), as the batch's own
+    delayed feeds are."""
+    if granted is None or time.monotonic() - granted <= LATE_START:
+        return limiter.held(lease, url)
+    try:
+        conflict = limiter.restamp(lease)
+    except PolitenessUnavailable:
+        conflict = None     # Redis is gone: the lease's own stamp is all there is
+    if conflict is None:
+        return limiter.held(lease, url)
+    limiter.release(dataclasses.replace(lease, delay=0.0))
+    return limiter.slot(url, max_wait=SHORT_WAIT if max_wait is None else max_wait)
 
 
 def record_fetch(session: Session, client: httpx.Client, feed: Feed, fetched: FeedFetch, settings: Settings,

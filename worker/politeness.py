@@ -174,6 +174,15 @@ class HostLimiter:
         """Give the slot back.  False if it had expired already (held past its lease)."""
         raise NotImplementedError
 
+    def restamp(self, lease: Lease) -> Optional[Wait]:
+        """For a request that starts a while after its slot was granted (queued behind
+        other fetches): count the host's delay from now instead of from the grant, so the
+        next request granted cannot come closer to this one than the delay.  Returns a
+        :class:`Wait` instead when that is no longer possible: another request of the
+        host was granted or ended since, the host asked us to back off, or the lease
+        expired.  Then give the lease back without a delay and ask for a new slot."""
+        raise NotImplementedError
+
     def try_acquire_many(self, urls: list[str]) -> list[Union[Lease, Wait]]:
         """:meth:`try_acquire` for each URL, in order (Redis: one round trip for all)."""
         return [self.try_acquire(url) for url in urls]
@@ -298,6 +307,27 @@ end
 return held
 """
 
+# KEYS: leases, next.  ARGV: token, delay µs, the lease's start µs.  Returns {1, 0} when
+# the host's next start now counts from now; {2, wait µs} when another request was
+# granted or ended since this lease's grant, or a penalty is in force; {0, 0} when the
+# lease is gone.
+_RESTAMP = _NOW + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return {0, 0}
+end
+local nxt = redis.call('HMGET', KEYS[2], 'at', 'why')
+local at = tonumber(nxt[1] or '0')
+local delay = tonumber(ARGV[2])
+if at > now and at > tonumber(ARGV[3]) + delay + 1000 then
+  return {2, at - now}
+end
+if delay > 0 and at < now + delay then
+  redis.call('HSET', KEYS[2], 'at', str(now + delay), 'why', 'delay')
+  redis.call('PEXPIRE', KEYS[2], str(math.ceil(delay / 1000)))
+end
+return {1, 0}
+"""
+
 # KEYS: next.  ARGV: penalty µs.  A longer penalty already in force is kept.
 _PENALISE = _NOW + """
 local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '0')
@@ -324,6 +354,7 @@ class RedisHostLimiter(HostLimiter):
         self.prefix = prefix
         self._acquire = self.client.register_script(_ACQUIRE)
         self._release = self.client.register_script(_RELEASE)
+        self._restamp = self.client.register_script(_RESTAMP)
         self._penalise = self.client.register_script(_PENALISE)
 
     def _keys(self, host: str) -> list[str]:
@@ -369,6 +400,14 @@ class RedisHostLimiter(HostLimiter):
             log.warning("could not release the slot for %s (freed in %.0f s at most): %s",
                         lease.host, self.lease_seconds, exc)
             return False
+
+    def restamp(self, lease: Lease) -> Optional[Wait]:
+        try:
+            code, wait = self._restamp(keys=self._keys(lease.host), args=[
+                lease.token, int(lease.delay * _US), int(lease.started_at * _US)])
+        except redis.RedisError as exc:
+            raise PolitenessUnavailable(lease.host, f"politeness limiter unavailable: {exc}") from None
+        return None if code == 1 else Wait(lease.host, wait / _US, "delay")
 
     def _penalise_host(self, url_or_host: str, host: str, seconds: float) -> float:
         try:
@@ -430,6 +469,18 @@ class LocalHostLimiter(HostLimiter):
                 state.next_at = now + lease.delay
             self._cond.notify_all()     # a waiter on a busy host need not sleep out its poll
             return held
+
+    def restamp(self, lease: Lease) -> Optional[Wait]:
+        with self._cond:
+            now = time.monotonic()
+            state = self._state(lease.host, now)
+            if state.leases.get(lease.token, now) <= now:
+                return Wait(lease.host, 0.0, "delay")         # the lease is gone
+            if state.next_at > now and state.next_at > lease.started_at + lease.delay + 0.001:
+                return Wait(lease.host, state.next_at - now, state.why)
+            if lease.delay > 0 and state.next_at < now + lease.delay:
+                state.next_at, state.why = now + lease.delay, "delay"
+            return None
 
     def _penalise_host(self, url_or_host: str, host: str, seconds: float) -> float:
         with self._cond:
