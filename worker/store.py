@@ -304,7 +304,7 @@ def _lock_bands(session: Session, fp: Fingerprint) -> None:
     serialise exactly the articles that could be near copies.  SQLite has one writer."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(sa.text("SELECT pg_advisory_xact_lock(h) FROM unnest(CAST(:hs AS bigint[])) AS h ORDER BY h"),
-                        {"hs": sorted(set(fp.bands()))})
+                        {"hs": _band_hashes(fp)})
 
 
 _NEW_STORY = sa.insert(Story).returning(Story.id)
@@ -407,17 +407,22 @@ def _index_params(article_id: int, story: int, draft: ArticleDraft, feed_id: int
 
     return {"article_id": article_id, "story": story, "feed_id": feed_id, "guid": draft.guid, "url": draft.url,
             "now": now, "version": version,
-            "bands": sorted(set(draft.fingerprint.bands())) if draft.fingerprint else [],
+            "bands": _band_hashes(draft.fingerprint),
             "urls": sorted({draft.canonical_url, *draft.alias_urls}),
             "tags": rows([_tag_row(article_id, t, version, now) for t in tags]),
             "entities": rows([_entity_row(article_id, e, version, now) for e in entities])}
 
 
+def _band_hashes(fp: Optional[Fingerprint]) -> list[int]:
+    """The article's LSH band hashes as stored in story_bands (distinct, sorted)."""
+    return sorted(set(fp.bands())) if fp is not None else []
+
+
 def _insert_bands(session: Session, article_id: int, fp: Optional[Fingerprint]) -> None:
     """Index the article's LSH bands (the near-duplicate lookup in :func:`find_story`)."""
-    if fp is None:
+    hashes = _band_hashes(fp)
+    if not hashes:
         return
-    hashes = sorted(set(fp.bands()))
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_PG_INSERT_BANDS, {"article_id": article_id, "bands": hashes})
     else:
