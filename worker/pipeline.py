@@ -10,16 +10,18 @@ Each takes its HTTP client and database session as arguments; Celery tasks and t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import logging
+import statistics
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import httpx
 from sqlmodel import Session
@@ -81,9 +83,10 @@ class FeedFetch:
     """The network half of a poll: the feed's response, or the fetch error that ended it."""
 
     started: datetime
-    duration_ms: int
+    duration_ms: int                        # from the call: the wait for the host's slot included
     response: Optional[http.FetchResult] = None
     error: Optional[FetchError] = None
+    answer_seconds: Optional[float] = None  # from the request leaving to its answer (None: never sent)
 
 
 def poll_feed(session: Session, client: httpx.Client, feed_id: int, settings: Settings,
@@ -107,6 +110,8 @@ class BatchPoll:
 
 
 SHORT_WAIT = 2.0        # seconds a batch's fetch may wait on its thread for its host's delay
+MIN_PATIENCE = 0.1      # seconds any answer is waited for before a batch may leave it (see poll_feeds)
+RECHECK = 0.05          # seconds between looks at fetches that have not started yet
 
 
 def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], settings: Settings,
@@ -115,14 +120,16 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
     *session* as soon as it arrives (one transaction for the batch; a feed whose body
     must be parsed gets a savepoint, so a failure there loses only that feed's poll).
 
-    A slow host must not hold the batch: once half the feeds are in, the rest get
-    *patience* times as long again; fetches still running then (or still waiting for
-    their host's delay) are returned in ``late`` (their feeds stay claimed) for the caller
-    to record when they finish, see :func:`record_late`."""
+    A slow host must not hold the batch (nor the worker process, which polls its next
+    batch only after this one): once half the feeds have answered, a request still
+    unanswered *patience* times the batch's median answer time after it left (and at
+    least MIN_PATIENCE) is not waited for.  Those fetches are returned in ``late`` (their
+    feeds stay claimed) for the caller to record when they finish, see
+    :func:`record_late`.  Fetches still waiting for their host's delay are waited for."""
     feeds = store.get_feeds(session, feed_ids)
     batch = BatchPoll()
     writes = PollWrites()
-    started = time.monotonic()
+    sent: dict[int, float] = {}     # feed id -> when its request left (time.monotonic())
     # One round trip for every host's slot.  A host asked a moment ago is waited for on
     # the fetch's thread (briefly); one with all its slots taken, or that asked us to back
     # off, is not waited for (that would hold the whole batch): its feed is deferred.
@@ -130,25 +137,31 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
     granted = time.monotonic()
     futures: dict[Future, Feed] = {}
     for feed, grant in zip(feeds, grants):
+        on_send = functools.partial(sent.__setitem__, feed.id)
         if not isinstance(grant, Wait):
-            futures[pool.submit(fetch_feed, client, feed, settings, None, grant, limiter, granted=granted)] = feed
+            futures[pool.submit(fetch_feed, client, feed, settings, None, grant, limiter, granted=granted,
+                                on_send=on_send)] = feed
         elif grant.reason == "delay" and grant.seconds <= SHORT_WAIT:
             # Its host was asked a moment ago: wait on the fetch's thread, not in a new message.
-            futures[pool.submit(fetch_feed, client, feed, settings, polite, max_wait=SHORT_WAIT)] = feed
+            futures[pool.submit(fetch_feed, client, feed, settings, polite, max_wait=SHORT_WAIT,
+                                on_send=on_send)] = feed
         else:
             batch.busy.append((feed.id, HostBusy(feed.url, grant, 0.0)))
     pending = set(futures)
-    deadline: Optional[float] = None
+    answers: list[float] = []
+    allowance: Optional[float] = None
     try:
         while pending:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-            if not done:
+            timeout = _patience_left([sent.get(futures[f].id) for f in pending], allowance)
+            if timeout is not None and timeout <= 0:
                 break
+            done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in done:
-                _record_in_batch(session, client, futures[future], future, settings, batch, writes)
-            if deadline is None and len(pending) <= len(futures) // 2:
-                deadline = time.monotonic() + patience * (time.monotonic() - started)
+                answer = _record_in_batch(session, client, futures[future], future, settings, batch, writes)
+                if answer is not None:
+                    answers.append(answer)
+            if allowance is None and len(pending) <= len(futures) // 2:
+                allowance = max(MIN_PATIENCE, patience * statistics.median(answers)) if answers else MIN_PATIENCE
     except BaseException:           # the task's time limit, or the database went away
         for future in futures:
             future.cancel()
@@ -158,18 +171,31 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
     return batch
 
 
+def _patience_left(sent: list[Optional[float]], allowance: Optional[float]) -> Optional[float]:
+    """How long a batch still waits for its pending fetches (their requests' send times,
+    None for one not sent yet): without limit before the allowance is known, briefly
+    while one is not sent yet (it is waiting for its host's delay or a thread), else
+    until the last one sent has had its allowance (<= 0: stop waiting now)."""
+    if allowance is None:
+        return None
+    if None in sent:
+        return RECHECK
+    return max(sent) + allowance - time.monotonic()      # type: ignore[type-var]
+
+
 def _record_in_batch(session: Session, client: httpx.Client, feed: Feed, future: Future, settings: Settings,
-                     batch: BatchPoll, writes: PollWrites) -> None:
+                     batch: BatchPoll, writes: PollWrites) -> Optional[float]:
+    """Record one finished fetch of a batch; returns how long its host took to answer."""
     try:
         fetched = future.result()       # fetch_feed raises nothing but HostBusy
     except HostBusy as exc:
         batch.busy.append((feed.id, exc))
-        return
+        return None
     # Only a body to parse needs a savepoint; pysqlite's are unreliable, so none on SQLite.
     if (fetched.response is None or fetched.response.not_modified
             or session.get_bind().dialect.name == "sqlite"):
         batch.results.append(record_fetch(session, client, feed, fetched, settings, writes))
-        return
+        return fetched.answer_seconds
     try:
         with session.begin_nested():
             batch.results.append(record_fetch(session, client, feed, fetched, settings, writes))
@@ -177,6 +203,7 @@ def _record_in_batch(session: Session, client: httpx.Client, feed: Feed, future:
         log.exception("feed %s (%s): recording the poll failed; the feed stays claimed until "
                       "NEWSWORKER_CLAIM_TIMEOUT passes, then is polled again", feed.id, feed.url,
                       extra={"feed_id": feed.id, "url": feed.url})
+    return fetched.answer_seconds
 
 
 def record_late(session: Session, client: httpx.Client, feed_id: int, fetched: FeedFetch,
@@ -190,29 +217,37 @@ LATE_START = 0.005      # seconds after its grant a request may start on the slo
 
 def fetch_feed(client: httpx.Client, feed: Feed, settings: Settings, polite: Optional[Politeness] = None,
                lease: Optional[Lease] = None, limiter: Optional[HostLimiter] = None, *,
-               max_wait: Optional[float] = None, granted: Optional[float] = None) -> FeedFetch:
+               max_wait: Optional[float] = None, granted: Optional[float] = None,
+               on_send: Optional[Callable[[float], None]] = None) -> FeedFetch:
     """GET the feed conditionally, within its host's politeness limit (a slot from
     *polite*, waited for at most *max_wait*, or *lease* from *limiter*, granted at
     *granted* (``time.monotonic()``) and released here); touches no database (safe on
-    any thread).  Raises only ``HostBusy``."""
+    any thread).  *on_send* is told ``time.monotonic()`` when the request leaves (the
+    slot held).  Raises only ``HostBusy``."""
     started = utcnow()
     t0 = time.perf_counter()
+    sent: Optional[float] = None
     if lease is not None and limiter is not None:
         gate: Any = _granted_slot(feed.url, lease, limiter, granted, max_wait)
     else:
         gate = polite.gate(feed.url, max_wait=max_wait) if polite else nullcontext()
     try:
         with gate:
+            sent = time.monotonic()
+            if on_send is not None:
+                on_send(sent)
             response = http.get(
                 client, feed.url, etag=feed.etag, last_modified=feed.last_modified, max_bytes=settings.max_feed_bytes,
                 allowed_private_hosts=settings.allowed_private_hosts, accept=FEED_ACCEPT,
                 deadline=settings.request_deadline,
             )
-        return FeedFetch(started, int((time.perf_counter() - t0) * 1000), response=response)
+        return FeedFetch(started, int((time.perf_counter() - t0) * 1000), response=response,
+                         answer_seconds=time.monotonic() - sent)
     except HostBusy:
         raise
     except FetchError as exc:
-        return FeedFetch(started, int((time.perf_counter() - t0) * 1000), error=exc)
+        return FeedFetch(started, int((time.perf_counter() - t0) * 1000), error=exc,
+                         answer_seconds=None if sent is None else time.monotonic() - sent)
 
 
 def _granted_slot(url: str, lease: Lease, limiter: HostLimiter, granted: Optional[float],
