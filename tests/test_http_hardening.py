@@ -479,3 +479,24 @@ def test_deadline_covers_all_redirect_hops(server):
         fetch(client, f"{server.base}/hop0", (server.host_port,), deadline=1.5)
     assert "exceeded the 1.5 s deadline" in str(e.value) and "redirected to" in str(e.value)
     assert len(server.requests) < http.MAX_REDIRECTS + 1   # stopped by the deadline, not the redirect limit
+
+
+def test_cookies_last_one_fetch_only(devserver):
+    """A cookie a redirect sets (a cookie-check or consent hop) is sent on the later hops
+    of that fetch; the client remembers none, so no later fetch carries one (httpx would
+    otherwise keep every host's cookies for the worker's life and scan them all on each
+    request)."""
+    devserver.add("/start", b"", status=302, headers={"Location": "/feed", "Set-Cookie": "consent=yes; Path=/"})
+    devserver.add("/feed", b"<rss/>", content_type="application/rss+xml", headers={"Set-Cookie": "visit=1; Path=/"})
+    settings = Settings(allowed_private_hosts=[devserver.host_port])
+    with http.make_client(settings) as client:
+        for path in ("/start", "/feed", "/start"):
+            result = http.get(client, devserver.base_url + path, max_bytes=10_000,
+                              allowed_private_hosts=settings.allowed_private_hosts)
+            assert result.status == 200 and result.final_url.endswith("/feed")
+        assert len(client.cookies.jar) == 0
+        with pytest.raises(ValueError, match="no cookies"):
+            client.cookies = {"session": "x"}
+    sent = [(r.path, r.headers.get("cookie")) for r in devserver.requests]
+    assert sent == [("/start", None), ("/feed", "consent=yes"), ("/feed", None), ("/start", None),
+                    ("/feed", "consent=yes")]

@@ -8,6 +8,7 @@ that changes between check and connect (rebinding) cannot reach a private addres
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import ipaddress
 import itertools
@@ -260,6 +261,35 @@ class GuardedBackend(httpcore.NetworkBackend):
 _GUARDED: "weakref.WeakSet[httpx.Client]" = weakref.WeakSet()
 
 
+class _Cookieless(httpx.Cookies):
+    """The client's cookie store: it keeps nothing.  (A cookie a redirect sets is sent
+    on the later hops of that one fetch, see :func:`_follow`.)"""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+class _Client(httpx.Client):
+    """An ``httpx.Client`` that remembers no cookies between fetches.  httpx keeps every
+    Set-Cookie in one jar for the client's life, and copies and scans the whole jar for
+    each request: with thousands of hosts each request would grow slower, and one site's
+    cookies would ride along to its later requests (a fetcher should look the same each
+    time)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._cookieless = _Cookieless()
+        super().__init__(**kwargs)
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._cookieless
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        if cookies:
+            raise ValueError("this client keeps no cookies")
+
+
 def make_client(settings: Settings | None = None, transport: httpx.BaseTransport | None = None, *,
                 resolver: Optional[Resolver] = None) -> httpx.Client:
     """An ``httpx.Client`` with the project's timeouts, User-Agent and address checks.
@@ -278,7 +308,7 @@ def make_client(settings: Settings | None = None, transport: httpx.BaseTransport
         if not isinstance(pool, httpcore.ConnectionPool) or not hasattr(pool, "_network_backend"):
             raise RuntimeError("cannot install the address guard: httpx/httpcore internals changed")
         pool._network_backend = GuardedBackend(settings.allowed_private_hosts, resolver)
-    client = httpx.Client(
+    client = _Client(
         headers={"User-Agent": settings.user_agent, "Accept-Encoding": ACCEPT_ENCODING},
         timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
         follow_redirects=False,
@@ -341,6 +371,7 @@ def _follow(client: httpx.Client, url: str, headers: dict[str, str], max_bytes: 
     guarded = client in _GUARDED
     current = url
     hops: list[tuple[int, str]] = []
+    cookies: Optional[httpx.Cookies] = None      # set by a redirect: sent on this fetch's later hops
     for _ in range(MAX_REDIRECTS + 1):
         via = "" if current == url else f" (redirected to {current})"
         if budget.expired():
@@ -349,11 +380,17 @@ def _follow(client: httpx.Client, url: str, headers: dict[str, str], max_bytes: 
             # A guarded client checks addresses as it connects; resolving here too would
             # only add a lookup whose answer the connection does not use.
             check_url(current, budget.allowed_private_hosts, resolve=not guarded)
-            with client.stream("GET", current, headers=headers) as response:
+            request = client.build_request("GET", current, headers=headers)
+            if cookies:
+                cookies.set_cookie_header(request)
+            with contextlib.closing(client.send(request, stream=True)) as response:
                 if response.status_code in REDIRECT_CODES:
                     location = response.headers.get("location")
                     if not location:
                         raise PermanentFetchError(url, f"HTTP {response.status_code} redirect without Location{via}")
+                    if "set-cookie" in response.headers:    # e.g. a consent or cookie-check hop
+                        cookies = cookies or httpx.Cookies()
+                        cookies.extract_cookies(response)
                     current = str(response.url.join(location))
                     hops.append((response.status_code, current))
                     continue
