@@ -351,3 +351,26 @@ def test_inline_groups_lose_no_entry_when_one_fails(tmp_path, fails_in):
         stored = sorted(s.exec(select(Feed.url)).all())
     assert stored == links[:3]
     assert seen[:3] == links[:3] and len(seen) == (6 if fails_in == "process" else 3)   # the group, stored again
+
+
+def test_a_batch_of_unchanged_feeds_leaves_nothing_for_the_orm_to_flush(setup, devserver):
+    """Unchanged feeds are written by the batch's one UPDATE statement; their ORM objects
+    stay clean (each used to be left modified, and flushed one by one at the commit)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings, client, url = setup
+    feed = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
+    with session_scope(url) as s:
+        ids = []
+        for i in range(5):
+            devserver.add(f"/unchanged-{i}.xml", feed, content_type="application/rss+xml")
+            ids.append(store.add_feed(s, f"{devserver.base_url}/unchanged-{i}.xml")[0].id)
+    with ThreadPoolExecutor(4) as pool:
+        for expected in ("ok", "not_modified"):
+            with session_scope(url) as s:
+                batch = pipeline.poll_feeds(s, client, ids, settings, None, pool)
+                assert {r.outcome.status for r in batch.results} == {expected}
+                dirty = len(s.dirty)
+    assert dirty == 0
+    with session_scope(url) as s:
+        assert s.exec(select(FetchEvent.outcome)).all().count("not_modified") == 5

@@ -320,7 +320,8 @@ def _note_move(session: Session, feed: Feed, target: Optional[str], settings: Se
     redirect (301/308, never https to http) was seen on several consecutive polls, and
     only if no other feed has that URL already."""
     if not target or target == feed.url:
-        feed.moved_to, feed.moved_seen = None, 0
+        if feed.moved_to is not None or feed.moved_seen:    # assigned only if changed: no flush work
+            feed.moved_to, feed.moved_seen = None, 0
         return
     feed.moved_seen = feed.moved_seen + 1 if feed.moved_to == target else 1
     feed.moved_to = target
