@@ -269,6 +269,33 @@ def test_a_slow_answer_does_not_hold_a_batch_that_waited_for_its_hosts_delay(tmp
         assert sorted(s.exec(select(FetchEvent.feed_id)).all()) == ids
 
 
+def test_a_fetch_stuck_behind_a_slow_answer_does_not_hold_its_batch_either(setup, devserver):
+    """One thread: three quick feeds, then one whose host answers after 4 s, then one
+    that cannot be sent until that thread is free.  The batch stops waiting SHORT_WAIT
+    after its allowance, and both go late (the unsent one is sent and recorded later)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings, client, url = setup
+    feed = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
+    paths = ["/q1.xml", "/q2.xml", "/q3.xml", "/hangs.xml", "/behind.xml"]
+    with session_scope(url) as s:
+        ids = []
+        for path in paths:
+            devserver.add(path, feed, content_type="application/rss+xml", delay=4.0 if path == "/hangs.xml" else 0)
+            ids.append(store.add_feed(s, devserver.base_url + path)[0].id)
+    with ThreadPoolExecutor(1) as pool:
+        with session_scope(url) as s:
+            batch = pipeline.poll_feeds(s, client, ids, settings, None, pool)
+        assert sorted(r.feed_id for r in batch.results) == ids[:3]
+        assert sorted(batch.late.values()) == ids[3:]
+        assert not any(f.done() for f in batch.late), "the batch waited for the slow answer"
+        late = []
+        for future, feed_id in batch.late.items():
+            with session_scope(url) as s:
+                late.append(pipeline.record_late(s, client, feed_id, future.result(), settings))
+    assert [r.outcome.status for r in late] == ["ok", "ok"]
+
+
 @pytest.mark.parametrize("limiter", ["local", "redis"])
 def test_a_feed_that_waited_for_a_thread_keeps_the_delay_to_a_request_granted_meanwhile(tmp_path, devserver,
                                                                                        request, limiter):

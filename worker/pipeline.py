@@ -123,9 +123,10 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
     A slow host must not hold the batch (nor the worker process, which polls its next
     batch only after this one): once half the feeds have answered, a request still
     unanswered *patience* times the batch's median answer time after it left (and at
-    least MIN_PATIENCE) is not waited for.  Those fetches are returned in ``late`` (their
-    feeds stay claimed) for the caller to record when they finish, see
-    :func:`record_late`.  Fetches still waiting for their host's delay are waited for."""
+    least MIN_PATIENCE) is not waited for; nor is one not sent SHORT_WAIT after that
+    (waiting for its host's delay, or for a thread that a slow answer holds).  Those
+    fetches are returned in ``late`` (their feeds stay claimed) for the caller to record
+    when they finish, see :func:`record_late`."""
     feeds = store.get_feeds(session, feed_ids)
     batch = BatchPoll()
     writes = PollWrites()
@@ -150,9 +151,10 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
     pending = set(futures)
     answers: list[float] = []
     allowance: Optional[float] = None
+    give_up = 0.0
     try:
         while pending:
-            timeout = _patience_left([sent.get(futures[f].id) for f in pending], allowance)
+            timeout = _patience_left([sent.get(futures[f].id) for f in pending], allowance, give_up)
             if timeout is not None and timeout <= 0:
                 break
             done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
@@ -162,6 +164,7 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
                     answers.append(answer)
             if allowance is None and len(pending) <= len(futures) // 2:
                 allowance = max(MIN_PATIENCE, patience * statistics.median(answers)) if answers else MIN_PATIENCE
+                give_up = time.monotonic() + SHORT_WAIT + allowance
     except BaseException:           # the task's time limit, or the database went away
         for future in futures:
             future.cancel()
@@ -171,16 +174,17 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
     return batch
 
 
-def _patience_left(sent: list[Optional[float]], allowance: Optional[float]) -> Optional[float]:
+def _patience_left(sent: list[Optional[float]], allowance: Optional[float], give_up: float) -> Optional[float]:
     """How long a batch still waits for its pending fetches (their requests' send times,
-    None for one not sent yet): without limit before the allowance is known, briefly
-    while one is not sent yet (it is waiting for its host's delay or a thread), else
-    until the last one sent has had its allowance (<= 0: stop waiting now)."""
+    None for one not sent yet): without limit before the allowance is known; while one
+    is not sent yet, a moment at a time until *give_up*; else until the last one sent
+    has had its allowance (<= 0: stop waiting now)."""
     if allowance is None:
         return None
+    now = time.monotonic()
     if None in sent:
-        return RECHECK
-    return max(sent) + allowance - time.monotonic()      # type: ignore[type-var]
+        return min(RECHECK, give_up - now)
+    return max(sent) + allowance - now      # type: ignore[type-var]
 
 
 def _record_in_batch(session: Session, client: httpx.Client, feed: Feed, future: Future, settings: Settings,
