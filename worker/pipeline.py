@@ -199,14 +199,14 @@ def _record_in_batch(session: Session, client: httpx.Client, feed: Feed, future:
     if (fetched.response is None or fetched.response.not_modified
             or session.get_bind().dialect.name == "sqlite"):
         batch.results.append(record_fetch(session, client, feed, fetched, settings, writes))
-        return fetched.answer_seconds
-    try:
-        with session.begin_nested():
-            batch.results.append(record_fetch(session, client, feed, fetched, settings, writes))
-    except Exception:       # a bug, not the feed's fault: its claim expires, it is polled again
-        log.exception("feed %s (%s): recording the poll failed; the feed stays claimed until "
-                      "NEWSWORKER_CLAIM_TIMEOUT passes, then is polled again", feed.id, feed.url,
-                      extra={"feed_id": feed.id, "url": feed.url})
+    else:
+        try:
+            with session.begin_nested():
+                batch.results.append(record_fetch(session, client, feed, fetched, settings, writes))
+        except Exception:       # a bug, not the feed's fault: its claim expires, it is polled again
+            log.exception("feed %s (%s): recording the poll failed; the feed stays claimed until "
+                          "NEWSWORKER_CLAIM_TIMEOUT passes, then is polled again", feed.id, feed.url,
+                          extra={"feed_id": feed.id, "url": feed.url})
     return fetched.answer_seconds
 
 
@@ -235,6 +235,11 @@ def fetch_feed(client: httpx.Client, feed: Feed, settings: Settings, polite: Opt
         gate: Any = _granted_slot(feed.url, lease, limiter, granted, max_wait)
     else:
         gate = polite.gate(feed.url, max_wait=max_wait) if polite else nullcontext()
+
+    def fetched(**outcome: Any) -> FeedFetch:
+        return FeedFetch(started, int((time.perf_counter() - t0) * 1000), **outcome,
+                         answer_seconds=None if sent is None else time.monotonic() - sent)
+
     try:
         with gate:
             sent = time.monotonic()
@@ -245,13 +250,11 @@ def fetch_feed(client: httpx.Client, feed: Feed, settings: Settings, polite: Opt
                 allowed_private_hosts=settings.allowed_private_hosts, accept=FEED_ACCEPT,
                 deadline=settings.request_deadline,
             )
-        return FeedFetch(started, int((time.perf_counter() - t0) * 1000), response=response,
-                         answer_seconds=time.monotonic() - sent)
+        return fetched(response=response)
     except HostBusy:
         raise
     except FetchError as exc:
-        return FeedFetch(started, int((time.perf_counter() - t0) * 1000), error=exc,
-                         answer_seconds=None if sent is None else time.monotonic() - sent)
+        return fetched(error=exc)
 
 
 def _granted_slot(url: str, lease: Lease, limiter: HostLimiter, granted: Optional[float],

@@ -263,6 +263,11 @@ if redis.replicate_commands then pcall(redis.replicate_commands) end
 local function str(n) return string.format('%.0f', n) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- The host's earliest next start (µs) and why; the key lives until then.
+local function set_next(key, at, why)
+  redis.call('HSET', key, 'at', str(at), 'why', why)
+  redis.call('PEXPIRE', key, str(math.ceil((at - now) / 1000)))
+end
 """
 
 # KEYS: leases (zset token -> expiry µs), next (hash: at = earliest next start µs, why)
@@ -284,8 +289,7 @@ redis.call('ZADD', KEYS[1], str(now + lease), ARGV[1])
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIRE', KEYS[1], str(math.ceil((tonumber(last[2]) - now) / 1000)))
 if delay > 0 then
-  redis.call('HSET', KEYS[2], 'at', str(now + delay), 'why', 'delay')
-  redis.call('PEXPIRE', KEYS[2], str(math.ceil(delay / 1000)))
+  set_next(KEYS[2], now + delay, 'delay')
 end
 return {1, now, now + lease}
 """
@@ -300,8 +304,7 @@ if delay > 0 then
   local nxt = redis.call('HMGET', KEYS[2], 'at', 'why')
   local at = tonumber(nxt[1] or '0')
   if at < now + delay then
-    redis.call('HSET', KEYS[2], 'at', str(now + delay), 'why', nxt[2] == 'penalty' and at > now and 'penalty' or 'delay')
-    redis.call('PEXPIRE', KEYS[2], str(math.ceil(delay / 1000)))
+    set_next(KEYS[2], now + delay, nxt[2] == 'penalty' and at > now and 'penalty' or 'delay')
   end
 end
 return held
@@ -322,8 +325,7 @@ if at > now and at > tonumber(ARGV[3]) + delay + 1000 then
   return {2, at - now}
 end
 if delay > 0 and at < now + delay then
-  redis.call('HSET', KEYS[2], 'at', str(now + delay), 'why', 'delay')
-  redis.call('PEXPIRE', KEYS[2], str(math.ceil(delay / 1000)))
+  set_next(KEYS[2], now + delay, 'delay')
 end
 return {1, 0}
 """
@@ -333,8 +335,7 @@ _PENALISE = _NOW + """
 local at = tonumber(redis.call('HGET', KEYS[1], 'at') or '0')
 local want = now + tonumber(ARGV[1])
 if want > at then
-  redis.call('HSET', KEYS[1], 'at', str(want), 'why', 'penalty')
-  redis.call('PEXPIRE', KEYS[1], str(math.ceil(tonumber(ARGV[1]) / 1000)))
+  set_next(KEYS[1], want, 'penalty')
   return tonumber(ARGV[1])
 end
 return at - now
