@@ -191,6 +191,16 @@ def test_disabled_feed_is_enabled_again_from_the_cli(tmp_path, devserver):
     assert '"enabled": true' in listed and '"permanent_failures": 0' in listed
 
 
+def record_late(url, client, settings, pool, late):
+    """What a worker process does with a batch's late fetches: its next batch records
+    them once they finish (here a batch of no feeds of its own)."""
+    from concurrent.futures import wait
+
+    wait(late)
+    with session_scope(url) as s:
+        return pipeline.poll_feeds(s, client, [], settings, None, pool, finished=late).results
+
+
 @pytest.mark.parametrize("min_delay, waited", [(0.3, True), (pipeline.SHORT_WAIT + 3, False)])
 def test_a_batch_waits_briefly_on_its_threads_for_a_host_it_just_asked(setup, devserver, min_delay, waited):
     """Feeds of one host in one batch: a politeness delay within SHORT_WAIT is waited for
@@ -214,10 +224,7 @@ def test_a_batch_waits_briefly_on_its_threads_for_a_host_it_just_asked(setup, de
     with ThreadPoolExecutor(4) as pool:
         with session_scope(url) as s:
             batch = pipeline.poll_feeds(s, client, ids, settings, polite, pool, patience=100)
-        late = []
-        for future, feed_id in batch.late.items():
-            with session_scope(url) as s:
-                late.append(pipeline.record_late(s, client, feed_id, future.result(), settings))
+        late = record_late(url, client, settings, pool, batch.late)
     starts = sorted(r.at for r in devserver.requests if r.path in paths)
     if waited:
         assert batch.busy == []
@@ -262,9 +269,47 @@ def test_a_slow_answer_does_not_hold_a_batch_that_waited_for_its_hosts_delay(tmp
             assert list(batch.late.values()) == [ids[2]]
             [late] = batch.late
             assert not late.done(), "the batch waited for the slow answer"
-            with session_scope(url) as s:
-                recorded = pipeline.record_late(s, client, ids[2], late.result(), settings)
+            [recorded] = record_late(url, client, settings, pool, batch.late)
     assert recorded.outcome.status == "ok"
+    with session_scope(url) as s:
+        assert sorted(s.exec(select(FetchEvent.feed_id)).all()) == ids
+
+
+def test_once_half_have_answered_a_fetch_waiting_for_its_hosts_delay_does_not_hold_the_batch(tmp_path, devserver):
+    """Two feeds of one host and one of another: the second waits 1.5 s on its thread for
+    its host's delay (within SHORT_WAIT).  The batch records the other two and leaves it
+    late, still waiting, instead of idling the worker process until its host is free
+    (it used to wait for it); the process's next batch records it once it is done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.devserver import DevServer
+    from worker.politeness import make_politeness
+
+    feed = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    upgrade(url)
+    with DevServer() as other:
+        for path in ("/a.xml", "/b.xml"):
+            devserver.add(path, feed, content_type="application/rss+xml")
+        other.add("/c.xml", feed, content_type="application/rss+xml")
+        settings = Settings(database_url=url, var_dir=tmp_path, polite_min_delay=1.5,
+                            allowed_private_hosts=[devserver.host_port, other.host_port])
+        assert settings.polite_min_delay < pipeline.SHORT_WAIT
+        with http.make_client(settings) as client, ThreadPoolExecutor(4) as pool:
+            with session_scope(url) as s:
+                ids = [store.add_feed(s, devserver.base_url + "/a.xml")[0].id,
+                       store.add_feed(s, devserver.base_url + "/b.xml")[0].id,
+                       store.add_feed(s, other.base_url + "/c.xml")[0].id]
+            polite = make_politeness(settings, client, None)
+            with session_scope(url) as s:
+                batch = pipeline.poll_feeds(s, client, ids, settings, polite, pool)
+            assert sorted(r.feed_id for r in batch.results) == [ids[0], ids[2]]
+            assert batch.busy == [] and list(batch.late.values()) == [ids[1]]
+            assert not any(f.done() for f in batch.late), "the batch waited for the host's delay"
+            [recorded] = record_late(url, client, settings, pool, batch.late)
+        starts = sorted(r.at for r in devserver.requests)
+    assert recorded.feed_id == ids[1] and recorded.outcome.status == "ok"
+    assert len(starts) == 2 and starts[1] - starts[0] >= 1.5
     with session_scope(url) as s:
         assert sorted(s.exec(select(FetchEvent.feed_id)).all()) == ids
 
@@ -289,10 +334,7 @@ def test_a_fetch_stuck_behind_a_slow_answer_does_not_hold_its_batch_either(setup
         assert sorted(r.feed_id for r in batch.results) == ids[:3]
         assert sorted(batch.late.values()) == ids[3:]
         assert not any(f.done() for f in batch.late), "the batch waited for the slow answer"
-        late = []
-        for future, feed_id in batch.late.items():
-            with session_scope(url) as s:
-                late.append(pipeline.record_late(s, client, feed_id, future.result(), settings))
+        late = record_late(url, client, settings, pool, batch.late)
     assert [r.outcome.status for r in late] == ["ok", "ok"]
 
 

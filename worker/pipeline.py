@@ -115,28 +115,35 @@ RECHECK = 0.05          # seconds between looks at fetches that have not started
 
 
 def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], settings: Settings,
-               polite: Optional[Politeness], pool: Executor, *, patience: float = 3.0) -> BatchPoll:
+               polite: Optional[Politeness], pool: Executor, *, patience: float = 3.0,
+               finished: Optional[dict[Future, int]] = None) -> BatchPoll:
     """Poll a batch of feeds: fetched on *pool*'s threads, each result recorded in
     *session* as soon as it arrives (one transaction for the batch; a feed whose body
     must be parsed gets a savepoint, so a failure there loses only that feed's poll).
+    *finished* (future -> feed id): fetches an earlier batch left late that have
+    finished since, recorded in this transaction too.
 
     A slow host must not hold the batch (nor the worker process, which polls its next
     batch only after this one): once half the feeds have answered, a request still
     unanswered *patience* times the batch's median answer time after it left (and at
     least MIN_PATIENCE) is not waited for; nor is one not sent SHORT_WAIT after that
-    (waiting for its host's delay, or for a thread that a slow answer holds).  Those
-    fetches are returned in ``late`` (their feeds stay claimed) for the caller to record
-    when they finish, see :func:`record_late`."""
-    feeds = store.get_feeds(session, feed_ids)
+    (waiting for a thread that a slow answer holds); nor, once every other fetch is
+    done, one waiting for its host's politeness delay.  Those fetches are returned in
+    ``late`` (their feeds stay claimed) for the caller to record when they finish, as
+    *finished* of a later batch (see ``worker.late_polls``)."""
+    finished = finished or {}
+    loaded = {feed.id: feed for feed in store.get_feeds(session, [*feed_ids, *finished.values()])}
+    feeds = [loaded[i] for i in sorted(set(feed_ids)) if i in loaded]
     batch = BatchPoll()
     writes = PollWrites()
     sent: dict[int, float] = {}     # feed id -> when its request left (time.monotonic())
     # One round trip for every host's slot.  A host asked a moment ago is waited for on
     # the fetch's thread (briefly); one with all its slots taken, or that asked us to back
     # off, is not waited for (that would hold the whole batch): its feed is deferred.
-    grants, limiter = polite.acquire_many([f.url for f in feeds]) if polite else ([None] * len(feeds), None)
+    grants, limiter = polite.acquire_many([f.url for f in feeds]) if polite and feeds else ([None] * len(feeds), None)
     granted = time.monotonic()
     futures: dict[Future, Feed] = {}
+    delayed: set[Future] = set()    # waiting on their threads for their host's delay
     for feed, grant in zip(feeds, grants):
         on_send = functools.partial(sent.__setitem__, feed.id)
         if not isinstance(grant, Wait):
@@ -144,17 +151,28 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
                                 on_send=on_send)] = feed
         elif grant.reason == "delay" and grant.seconds <= SHORT_WAIT:
             # Its host was asked a moment ago: wait on the fetch's thread, not in a new message.
-            futures[pool.submit(fetch_feed, client, feed, settings, polite, max_wait=SHORT_WAIT,
-                                on_send=on_send)] = feed
+            future = pool.submit(fetch_feed, client, feed, settings, polite, max_wait=SHORT_WAIT, on_send=on_send)
+            futures[future] = feed
+            delayed.add(future)
         else:
             batch.busy.append((feed.id, HostBusy(feed.url, grant, 0.0)))
+    for future, feed_id in finished.items():     # while the batch's requests are out
+        if feed_id in loaded:
+            _record_in_batch(session, client, loaded[feed_id], future, settings, batch, writes)
     pending = set(futures)
     answers: list[float] = []
     allowance: Optional[float] = None
     give_up = 0.0
     try:
         while pending:
-            timeout = _patience_left([sent.get(futures[f].id) for f in pending], allowance, give_up)
+            # Once half have answered, delayed fetches alone are not waited for: the
+            # process's next batch records them, instead of this process idling until
+            # their hosts are free.  (Before, not waiting would let a process race ahead
+            # through batches whose hosts were all just asked, its threads all asleep.)
+            prompt = pending - delayed
+            if allowance is not None and not prompt:
+                break
+            timeout = _patience_left([sent.get(futures[f].id) for f in prompt], allowance, give_up)
             if timeout is not None and timeout <= 0:
                 break
             done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
@@ -208,12 +226,6 @@ def _record_in_batch(session: Session, client: httpx.Client, feed: Feed, future:
                           "NEWSWORKER_CLAIM_TIMEOUT passes, then is polled again", feed.id, feed.url,
                           extra={"feed_id": feed.id, "url": feed.url})
     return fetched.answer_seconds
-
-
-def record_late(session: Session, client: httpx.Client, feed_id: int, fetched: FeedFetch,
-                settings: Settings) -> PollResult:
-    """Record a fetch that finished after its batch was committed (its own transaction)."""
-    return record_fetch(session, client, store.get_feed(session, feed_id), fetched, settings)
 
 
 LATE_START = 0.005      # seconds after its grant a request may start on the slot it was granted

@@ -3,12 +3,11 @@ and send follow-up tasks only after the commit."""
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import threading
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Any, Optional
@@ -16,7 +15,7 @@ from typing import Any, Optional
 import httpx
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 from celery.utils.log import get_task_logger
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy.exc import OperationalError
@@ -27,6 +26,7 @@ from .db import get_engine, session_scope
 from .errors import FeedNotFound, TemporaryFetchError
 from .feeds import ParsedEntry
 from .http import make_client
+from .late_polls import Finished, LatePolls
 from .politeness import HostBusy, Politeness, group_by_wait, interleave_hosts, make_politeness
 from .models import utcnow
 from .settings import get_settings
@@ -76,6 +76,7 @@ class GuardedTask(app.Task):
 _client: Optional[tuple[int, httpx.Client]] = None
 _polite: Optional[tuple[int, Politeness]] = None
 _pool: Optional[tuple[int, ThreadPoolExecutor]] = None
+_late: Optional[tuple[int, LatePolls]] = None
 _lock = threading.Lock()
 
 
@@ -212,27 +213,64 @@ def poll_feeds(self: Any, feed_ids: list[int], defers: int = 0) -> dict[str, int
     entries queued.  One message and one commit per batch instead of per feed keeps the
     broker's, Celery's and the database's share of an unchanged feed's poll small.  The
     feeds whose host was busy are deferred until it is free, those that may go at about
-    the same time together (:func:`politeness.group_by_wait`)."""
-    settings = get_settings()
+    the same time together (:func:`politeness.group_by_wait`).  Fetches an earlier batch
+    of this process left late, finished since, are recorded in this one's transaction."""
+    carried = late_polls().take()
     try:
-        with session_scope() as session:
-            batch = pipeline.poll_feeds(session, http_client(), feed_ids, settings, politeness(), poll_pool())
+        return _poll_batch(feed_ids, defers, carried)
     except SoftTimeLimitExceeded:
+        released = [*feed_ids, *(feed_id for feed_id, _ in carried.values())]
         with session_scope() as session:       # nothing of the batch was committed: all due again
-            for feed_id in feed_ids:
+            for feed_id in released:
                 store.release_feed(session, feed_id)
         log.warning("a poll batch of %d feeds did not finish within its %s s limit; nothing of it was recorded and "
-                    "its feeds are released for the next dispatch: %s", len(feed_ids), self.soft_time_limit, feed_ids)
-        return {"released": len(feed_ids)}
+                    "its feeds are released for the next dispatch: %s", len(released), self.soft_time_limit, released)
+        return {"released": len(released)}
     except OperationalError as exc:      # database unreachable: the whole batch again later
+        if carried:
+            log.warning("feeds %s: late polls not recorded (database unreachable); polled again after "
+                        "NEWSWORKER_CLAIM_TIMEOUT", sorted(feed_id for feed_id, _ in carried.values()))
         raise self.retry(exc=exc, countdown=backoff(self.request.retries))
+
+
+def _poll_batch(feed_ids: list[int], defers: int, carried: Finished) -> dict[str, int]:
+    """A batch's polls and the late ones *carried* into it, in one transaction; after the
+    commit: its own late fetches kept for the next batch, busy feeds deferred, new entries queued."""
+    with session_scope() as session:
+        batch = pipeline.poll_feeds(session, http_client(), feed_ids, get_settings(), politeness(), poll_pool(),
+                                    finished={future: feed_id for future, (feed_id, _) in carried.items()})
     for future, feed_id in batch.late.items():      # finish on the pool's threads, after this commit
-        future.add_done_callback(functools.partial(_record_late, feed_id, defers))
-    _defer_polls(batch.busy, defers)
+        late_polls().add(future, feed_id, defers)
+    own = dict(carried.values())        # a carried feed keeps its own count of defers
+    by_count: dict[int, list[tuple[int, HostBusy]]] = {}
+    for busy in batch.busy:
+        by_count.setdefault(own.get(busy[0], defers), []).append(busy)
+    for count, busy_feeds in by_count.items():
+        _defer_polls(busy_feeds, count)
     statuses = Counter(summary["status"] for summary in _queue_entries(batch.results, track=False))
     statuses["deferred"] += len(batch.busy)
     statuses["late"] += len(batch.late)
     return dict(statuses)
+
+
+def _record_carried(finished: Finished) -> None:
+    """Late fetches no batch took in time (the queue is empty): recorded by themselves."""
+    _poll_batch([], 0, finished)
+
+
+def late_polls() -> LatePolls:
+    """This worker process's finished late fetches, waiting for its next poll batch."""
+    global _late
+    with _lock:
+        if _late is None or _late[0] != os.getpid():
+            _late = (os.getpid(), LatePolls(_record_carried))
+        return _late[1]
+
+
+@worker_process_shutdown.connect
+def _record_late_polls_at_exit(**_: Any) -> None:
+    if _late is not None and _late[0] == os.getpid():
+        _late[1].flush()
 
 
 def _defer_polls(busy: list[tuple[int, HostBusy]], defers: int) -> None:
@@ -249,32 +287,6 @@ def _keep_claims(feed_ids: list[int]) -> None:
     again while the deferred message waits."""
     with session_scope() as session:
         store.renew_claims(session, feed_ids, utcnow())
-
-
-def _record_late(feed_id: int, defers: int, future: Future) -> None:
-    """A fetch its batch stopped waiting for: record it in its own transaction (or defer
-    it if its host stayed busy).  If this process dies first, the feed's claim expires
-    and it is polled again."""
-    try:
-        fetched = future.result()
-    except HostBusy as exc:     # it waited on its thread for a host that stayed busy
-        try:
-            _defer_polls([(feed_id, exc)], defers)
-        except Exception:
-            log.exception("feed %s: could not defer a poll whose host stayed busy; polled again after "
-                          "NEWSWORKER_CLAIM_TIMEOUT", feed_id, extra={"feed_id": feed_id})
-        return
-    except BaseException:       # cancelled (time limit) or a bug: the claim expires, the feed is polled again
-        log.exception("feed %s: a late poll did not finish; polled again after NEWSWORKER_CLAIM_TIMEOUT", feed_id,
-                      extra={"feed_id": feed_id})       # a pool thread: no task log context
-        return
-    try:
-        with session_scope() as session:
-            result = pipeline.record_late(session, http_client(), feed_id, fetched, get_settings())
-        _queue_entries([result], track=False)
-    except Exception:
-        log.exception("feed %s: recording a late poll failed; polled again after NEWSWORKER_CLAIM_TIMEOUT", feed_id,
-                      extra={"feed_id": feed_id})
 
 
 def _poll(feed_id: int) -> dict[str, Any]:
