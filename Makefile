@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export NEWSWORKER_CORPUS ?= $(abspath ../shared/corpus)
 
-.PHONY: install run demo test test-fast bench eval soak clean
+.PHONY: install browser run demo test test-fast bench eval soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "newsworker needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
@@ -26,8 +26,15 @@ run: install
 demo: install
 	$(BIN)/python -m worker.demo
 
+## The operator page's browser test drives Debian's Chromium, never a downloaded one:
+## installed here when missing (as root, with apt); else the test says what to install.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || { \
+	  echo "installing Debian's chromium for tests/test_operator_page.py"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; }
+
 ## The whole suite: real Redis, PostgreSQL (started if not answering) and Celery workers.
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 bench: install
