@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future
 
 from worker.late_polls import LatePolls
@@ -44,6 +45,24 @@ def test_fetches_no_batch_takes_are_recorded_by_themselves():
     assert flushed.wait(5), "nothing recorded the late fetches"
     assert recorded == [{first: (1, 0), second: (2, 0)}]
     assert late.take() == {}
+
+
+def test_the_timer_records_only_what_waited_its_time_and_nothing_a_batch_took():
+    """A fetch a batch took is never recorded again; one that finished just before the
+    timer went off waits its own full time for a batch (the timer is set again for it)."""
+    recorded: list = []
+    got = threading.Semaphore(0)
+    late = LatePolls(lambda finished: (recorded.append(finished), got.release()), flush_after=1.0)
+    taken = finished("fetched")
+    late.add(taken, 1)
+    assert late.take() == {taken: (1, 0)}      # the next batch took it
+    first = finished("fetched")
+    late.add(first, 2)
+    time.sleep(0.1)
+    second = finished("fetched")
+    late.add(second, 3)
+    assert got.acquire(timeout=10) and got.acquire(timeout=10), recorded
+    assert recorded == [{first: (2, 0)}, {second: (3, 0)}]
 
 
 def test_a_fetch_that_did_not_finish_is_logged_and_left_to_its_claim(caplog):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future
 from typing import Callable, Optional
 
@@ -33,6 +34,7 @@ class LatePolls:
         self._flush_after = flush_after
         self._lock = threading.Lock()
         self._finished: Finished = {}
+        self._since: dict[Future, float] = {}      # when each finished (time.monotonic())
         self._timer: Optional[threading.Timer] = None
 
     def add(self, future: Future, feed_id: int, defers: int = 0) -> None:
@@ -49,22 +51,33 @@ class LatePolls:
             return
         with self._lock:
             self._finished[future] = (feed_id, defers)
+            self._since[future] = time.monotonic()
             if self._timer is None:
-                self._timer = threading.Timer(self._flush_after, self.flush)
-                self._timer.daemon = True
-                self._timer.start()
+                self._arm(self._flush_after)
+
+    def _arm(self, seconds: float) -> None:
+        self._timer = threading.Timer(seconds, self.flush, kwargs={"waited_only": True})
+        self._timer.daemon = True
+        self._timer.start()
 
     def take(self) -> Finished:
         """The finished late fetches no one has taken yet (a batch records them)."""
         with self._lock:
-            finished, self._finished = self._finished, {}
+            finished, self._finished, self._since = self._finished, {}, {}
             return finished
 
-    def flush(self) -> None:
-        """Record what no batch took (the timer calls this; so does a process's shutdown)."""
+    def flush(self, waited_only: bool = False) -> None:
+        """Record what no batch took: everything (at a process's shutdown), or, from the
+        timer, what has waited ``flush_after`` (the timer is set again for the rest)."""
         with self._lock:
             self._timer = None
-        finished = self.take()
+            due = time.monotonic() - self._flush_after + 0.001
+            taken = [f for f, since in self._since.items() if since <= due or not waited_only]
+            finished = {f: self._finished.pop(f) for f in taken}
+            for f in taken:
+                del self._since[f]
+            if self._since:
+                self._arm(min(self._since.values()) - due)
         if not finished:
             return
         try:
