@@ -25,7 +25,7 @@ from tests.support.services import ensure_redis, free_port
 from worker import http
 from worker.errors import TemporaryFetchError
 from worker.politeness import (HostBusy, HostLimiter, Lease, LocalHostLimiter, PolitenessUnavailable,
-                               RedisHostLimiter, Wait, group_by_wait, host_key)
+                               RedisHostLimiter, Wait, group_by_wait, host_key, interleave_hosts)
 from worker.robots import (MAX_ROBOTS_BYTES, RobotsCache, RobotsDisallowed, http_fetcher, product_token,
                            truncate)
 from worker.settings import Settings
@@ -155,6 +155,19 @@ def test_host_key_normalises_case_default_ports_and_idna():
     assert host_key("https://bücher.de/") == host_key("https://xn--bcher-kva.de/") == "xn--bcher-kva.de"
     with pytest.raises(ValueError):
         host_key("http:///nohost")
+
+
+def test_interleave_hosts_takes_hosts_in_turn_the_busiest_first_in_every_round():
+    """The dispatcher's order: one feed of each host per round, each host's own order
+    kept; the host with the most feeds (the longest chain of delays) leads every round,
+    ties in the order hosts were first seen; a URL with no host is a "host" of its own."""
+    items = [(1, "http://a.example/1"), (2, "http://b.example/1"), (3, "http://b.example/2"),
+             (4, "http://c.example/1"), (5, "http://B.example:80/3"), (6, "http:///nohost"),
+             (7, "http://a.example/2"), (8, "http://d.example/1")]
+    assert interleave_hosts(items) == [2, 1, 4, 6, 8,   # b has 3 feeds, a 2, then c, "", d as seen
+                                       3, 7,
+                                       5]
+    assert interleave_hosts([]) == []
 
 
 # ---------------------------------------------------------------- the shared limiter

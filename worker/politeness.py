@@ -66,7 +66,9 @@ def host_key(url_or_host: str) -> str:
 def interleave_hosts(items: Iterable[tuple[int, str]]) -> list[int]:
     """The ids of ``(id, url)`` pairs reordered round-robin across hosts (one of each host,
     then the second of each, ...), keeping each host's own order: queued in this order,
-    polls of one host are spread out instead of arriving together."""
+    polls of one host are spread out instead of arriving together.  Hosts with the most
+    items come first in every round: their chain of requests, one per politeness delay,
+    is the longest, so it must not start late (ties keep the order hosts were seen in)."""
     by_host: dict[str, list[int]] = {}
     for item_id, url in items:
         try:
@@ -74,7 +76,8 @@ def interleave_hosts(items: Iterable[tuple[int, str]]) -> list[int]:
         except ValueError:
             key = ""
         by_host.setdefault(key, []).append(item_id)
-    return [i for round_ in zip_longest(*by_host.values()) for i in round_ if i is not None]
+    groups = sorted(by_host.values(), key=len, reverse=True)
+    return [i for round_ in zip_longest(*groups) for i in round_ if i is not None]
 
 
 def group_by_wait(busy: Iterable[tuple[int, HostBusy]]) -> list[list[tuple[int, HostBusy]]]:
