@@ -3,6 +3,7 @@ a real SQLite database, a real httpx client."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -238,6 +239,19 @@ def test_a_batch_waits_briefly_on_its_threads_for_a_host_it_just_asked(setup, de
         assert all(exc.retry_after > pipeline.SHORT_WAIT for _, exc in batch.busy)
 
 
+@contextmanager
+def beside(tmp_path, devserver, **settings):
+    """A SQLite database, a second local host beside *devserver*, and settings that let
+    the client reach both: ``(database url, the second host, settings)``."""
+    from worker.devserver import DevServer
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    upgrade(url)
+    with DevServer() as other:
+        yield url, other, Settings(database_url=url, var_dir=tmp_path,
+                                   allowed_private_hosts=[devserver.host_port, other.host_port], **settings)
+
+
 def test_a_slow_answer_does_not_hold_a_batch_that_waited_for_its_hosts_delay(tmp_path, devserver):
     """The batch's patience counts from each request's send, not from the batch's start:
     a batch that first waited 0.5 s for a host's delay still leaves a feed whose host is
@@ -245,18 +259,13 @@ def test_a_slow_answer_does_not_hold_a_batch_that_waited_for_its_hosts_delay(tmp
     (It used to wait 3 times the batch's age, the delay included: 1.5 s more.)"""
     from concurrent.futures import ThreadPoolExecutor
 
-    from worker.devserver import DevServer
     from worker.politeness import make_politeness
 
     feed = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    upgrade(url)
-    with DevServer() as slow_host:
+    with beside(tmp_path, devserver, polite_min_delay=0.5) as (url, slow_host, settings):
         for path in ("/a.xml", "/b.xml"):
             devserver.add(path, feed, content_type="application/rss+xml")
         slow_host.add("/slow.xml", feed, content_type="application/rss+xml", delay=1.5)
-        settings = Settings(database_url=url, var_dir=tmp_path, polite_min_delay=0.5,
-                            allowed_private_hosts=[devserver.host_port, slow_host.host_port])
         with http.make_client(settings) as client, ThreadPoolExecutor(4) as pool:
             with session_scope(url) as s:
                 ids = [store.add_feed(s, devserver.base_url + "/a.xml")[0].id,
@@ -282,18 +291,13 @@ def test_once_half_have_answered_a_fetch_waiting_for_its_hosts_delay_does_not_ho
     (it used to wait for it); the process's next batch records it once it is done."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from worker.devserver import DevServer
     from worker.politeness import make_politeness
 
     feed = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    upgrade(url)
-    with DevServer() as other:
+    with beside(tmp_path, devserver, polite_min_delay=1.5) as (url, other, settings):
         for path in ("/a.xml", "/b.xml"):
             devserver.add(path, feed, content_type="application/rss+xml")
         other.add("/c.xml", feed, content_type="application/rss+xml")
-        settings = Settings(database_url=url, var_dir=tmp_path, polite_min_delay=1.5,
-                            allowed_private_hosts=[devserver.host_port, other.host_port])
         assert settings.polite_min_delay < pipeline.SHORT_WAIT
         with http.make_client(settings) as client, ThreadPoolExecutor(4) as pool:
             with session_scope(url) as s:
@@ -348,19 +352,14 @@ def test_a_feed_that_waited_for_a_thread_keeps_the_delay_to_a_request_granted_me
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from worker.devserver import DevServer
     from worker.politeness import make_politeness
 
     feed = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
-    url = f"sqlite:///{tmp_path / 'p.db'}"
-    upgrade(url)
     redis_url = request.getfixturevalue("redis_url") if limiter == "redis" else None
-    with DevServer() as other:
+    with beside(tmp_path, devserver, polite_min_delay=0.6, polite_max_concurrent=2) as (url, other, settings):
         devserver.add("/slow.xml", feed, content_type="application/rss+xml", delay=1.2)
         for path in ("/x.xml", "/y.xml"):
             other.add(path, feed, content_type="application/rss+xml")
-        settings = Settings(database_url=url, var_dir=tmp_path, polite_min_delay=0.6, polite_max_concurrent=2,
-                            allowed_private_hosts=[devserver.host_port, other.host_port])
         with http.make_client(settings) as client, ThreadPoolExecutor(1) as pool:    # x waits for the slow one
             with session_scope(url) as s:
                 ids = [store.add_feed(s, devserver.base_url + "/slow.xml")[0].id,
