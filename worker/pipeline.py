@@ -167,8 +167,8 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
         while pending:
             # Once half have answered, delayed fetches alone are not waited for: the
             # process's next batch records them, instead of this process idling until
-            # their hosts are free.  (Before, not waiting would let a process race ahead
-            # through batches whose hosts were all just asked, its threads all asleep.)
+            # their hosts are free.  Not sooner: a process would race ahead through
+            # batches whose hosts were all just asked, every thread asleep on a delay.
             prompt = pending - delayed
             if allowance is not None and not prompt:
                 break
