@@ -59,18 +59,17 @@ def main() -> None:
             claimed = len(ids)
             with session_scope(url) as s:          # release, so every round claims the same amount
                 s.execute(sa.update(Feed).where(Feed.id.in_(ids)).values(queued_at=None))
-        due_query = ("SELECT id FROM feeds WHERE enabled AND next_fetch_at <= now() "
-                     "AND (queued_at IS NULL OR queued_at < now() - interval '15 minutes') "
-                     f"ORDER BY next_fetch_at LIMIT {args.limit} FOR UPDATE SKIP LOCKED")
+        due_query = store.due_feeds(now, now - timedelta(seconds=900), args.limit, "postgresql")
         selects = []
         with engine.connect() as conn:
             for _ in range(args.rounds):    # the due-feed query alone (its locks dropped by the rollback)
                 t0 = time.perf_counter()
                 with conn.begin() as tx:
-                    selected = len(conn.execute(sa.text(due_query)).all())
+                    selected = len(conn.execute(due_query).all())
                     tx.rollback()
                 selects.append((time.perf_counter() - t0) * 1000)
-            plan = conn.execute(sa.text("EXPLAIN " + due_query)).scalars().all()
+            compiled = due_query.compile(engine, compile_kwargs={"literal_binds": True})
+            plan = conn.execute(sa.text(f"EXPLAIN {compiled}")).scalars().all()
         engine.dispose()
         timings.sort()
         print(machine_reference())

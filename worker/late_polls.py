@@ -33,8 +33,7 @@ class LatePolls:
         self._record = record
         self._flush_after = flush_after
         self._lock = threading.Lock()
-        self._finished: Finished = {}
-        self._since: dict[Future, float] = {}      # when each finished (time.monotonic())
+        self._finished: dict[Future, tuple[int, int, float]] = {}   # ... and when it finished (monotonic)
         self._timer: Optional[threading.Timer] = None
 
     def add(self, future: Future, feed_id: int, defers: int = 0) -> None:
@@ -50,8 +49,7 @@ class LatePolls:
                       extra={"feed_id": feed_id})
             return
         with self._lock:
-            self._finished[future] = (feed_id, defers)
-            self._since[future] = time.monotonic()
+            self._finished[future] = (feed_id, defers, time.monotonic())
             if self._timer is None:
                 self._arm(self._flush_after)
 
@@ -63,8 +61,8 @@ class LatePolls:
     def take(self) -> Finished:
         """The finished late fetches no one has taken yet (a batch records them)."""
         with self._lock:
-            finished, self._finished, self._since = self._finished, {}, {}
-            return finished
+            finished, self._finished = self._finished, {}
+        return {f: (feed_id, defers) for f, (feed_id, defers, _) in finished.items()}
 
     def flush(self, waited_only: bool = False) -> None:
         """Record what no batch took: everything (at a process's shutdown), or, from the
@@ -72,12 +70,10 @@ class LatePolls:
         with self._lock:
             self._timer = None
             due = time.monotonic() - self._flush_after + 0.001
-            taken = [f for f, since in self._since.items() if since <= due or not waited_only]
-            finished = {f: self._finished.pop(f) for f in taken}
-            for f in taken:
-                del self._since[f]
-            if self._since:
-                self._arm(min(self._since.values()) - due)
+            taken = [f for f, (_, _, since) in self._finished.items() if since <= due or not waited_only]
+            finished = {f: self._finished.pop(f)[:2] for f in taken}
+            if self._finished:
+                self._arm(min(since for _, _, since in self._finished.values()) - due)
         if not finished:
             return
         try:

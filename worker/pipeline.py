@@ -140,7 +140,7 @@ def poll_feeds(session: Session, client: httpx.Client, feed_ids: list[int], sett
     # One round trip for every host's slot.  A host asked a moment ago is waited for on
     # the fetch's thread (briefly); one with all its slots taken, or that asked us to back
     # off, is not waited for (that would hold the whole batch): its feed is deferred.
-    grants, limiter = polite.acquire_many([f.url for f in feeds]) if polite and feeds else ([None] * len(feeds), None)
+    grants, limiter = polite.acquire_many([f.url for f in feeds]) if polite else ([None] * len(feeds), None)
     granted = time.monotonic()
     futures: dict[Future, Feed] = {}
     delayed: set[Future] = set()    # waiting on their threads for their host's delay

@@ -376,6 +376,8 @@ class RedisHostLimiter(HostLimiter):
         return self._grant(host, token, delay, reply)
 
     def try_acquire_many(self, urls: list[str]) -> list[Union[Lease, Wait]]:
+        if not urls:
+            return []       # no round trip for a batch of late polls only
         hosts = [host_key(url) for url in urls]
         tokens = [uuid.uuid4().hex for _ in urls]
         delay = self._delay(None)

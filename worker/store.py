@@ -94,11 +94,10 @@ def enable_feed(session: Session, id_or_url: int | str) -> Feed:
     return feed
 
 
-def claim_due_feeds(session: Session, now: datetime, stale_before: datetime, limit: int) -> list[tuple[int, str]]:
-    """Mark up to *limit* due feeds as queued and return their ids and URLs.  A feed queued
-    after *stale_before* is never claimed again, so no feed is queued twice; one
-    statement, so SQLite's single writer is enough, and PostgreSQL skips rows
-    another dispatcher holds."""
+def due_feeds(now: datetime, stale_before: datetime, limit: int, dialect: str) -> sa.Select:
+    """The dispatcher's due-feed query: up to *limit* enabled feeds due by *now* and not
+    claimed since *stale_before*, the most overdue first (on PostgreSQL skipping rows
+    another dispatcher has locked)."""
     due = (
         sa.select(Feed.id)
         .where(Feed.enabled.is_(True), Feed.next_fetch_at <= now)
@@ -106,8 +105,15 @@ def claim_due_feeds(session: Session, now: datetime, stale_before: datetime, lim
         .order_by(Feed.next_fetch_at)
         .limit(limit)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
+    return due.with_for_update(skip_locked=True) if dialect == "postgresql" else due
+
+
+def claim_due_feeds(session: Session, now: datetime, stale_before: datetime, limit: int) -> list[tuple[int, str]]:
+    """Mark up to *limit* due feeds as queued and return their ids and URLs.  A feed queued
+    after *stale_before* is never claimed again, so no feed is queued twice; one
+    statement, so SQLite's single writer is enough, and PostgreSQL skips rows
+    another dispatcher holds."""
+    due = due_feeds(now, stale_before, limit, session.get_bind().dialect.name)
     stmt = (sa.update(Feed).where(Feed.id.in_(due.scalar_subquery())).values(queued_at=now)
             .returning(Feed.id, Feed.url))
     return sorted((feed_id, url) for feed_id, url in session.execute(stmt).all())
